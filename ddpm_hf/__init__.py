@@ -1,0 +1,18 @@
+"""ddpm-hf: Denoising Diffusion Probabilistic Models (Ho, Jain, Abbeel 2020) for the Hugging Face ecosystem."""
+
+from .pipeline import DDPMPipeline, ProgressiveGenerationOutput
+from .scheduler import DDPMScheduler, DDPMSchedulerOutput, ModelPrediction
+from .unet import PRESETS, create_unet, unet_config
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DDPMPipeline",
+    "DDPMScheduler",
+    "DDPMSchedulerOutput",
+    "ModelPrediction",
+    "PRESETS",
+    "ProgressiveGenerationOutput",
+    "create_unet",
+    "unet_config",
+]

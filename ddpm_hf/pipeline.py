@@ -1,0 +1,375 @@
+"""`DDPMPipeline`: ancestral sampling (Algorithm 2 of Ho et al. 2020) and the paper's figures, as a diffusers pipeline.
+
+The pipeline saves and loads in diffusers' standard layout with diffusers' own class names in `model_index.json`
+(`["diffusers", "UNet2DModel"]`, `["diffusers", "DDPMScheduler"]`), so that what it saves or pushes loads with plain
+`diffusers.DDPMPipeline` in an environment without this package, and gives the same images for the same seed.
+Loading turns the scheduler it finds into `ddpm_hf.DDPMScheduler`, which samples exactly as diffusers' does and also
+computes the paper's bound.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .hub import check_pipeline_folder
+from .scheduler import DDPMScheduler
+
+__all__ = ["DDPMPipeline", "ProgressiveGenerationOutput", "OUTPUT_TYPES"]
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+Images = list[PIL.Image.Image] | np.ndarray | torch.Tensor
+Generators = torch.Generator | list[torch.Generator] | None
+StepCallback = Callable[["DDPMPipeline", int, int, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+@dataclass
+class ProgressiveGenerationOutput(BaseOutput):
+    """The result of `DDPMPipeline.progressive_generation` (the paper's Fig. 6).
+
+    Attributes:
+        images: the final samples x_0.
+        pred_original_samples: x̂_0 predicted at each of `timesteps`, one entry per snapshot, each a batch.
+        timesteps: the timesteps t at which the snapshots were taken, descending.
+    """
+
+    images: Images
+    pred_original_samples: list[Images]
+    timesteps: list[int]
+
+
+def _as_ddpm_scheduler(scheduler: SchedulerMixin) -> DDPMScheduler:
+    """Return `scheduler` as a `ddpm_hf.DDPMScheduler` built from its configuration."""
+    if isinstance(scheduler, DDPMScheduler):
+        return scheduler
+    if not isinstance(scheduler, SchedulerMixin):
+        raise TypeError(f"scheduler must be a diffusers scheduler, got {type(scheduler).__name__}.")
+    return DDPMScheduler.from_config(scheduler.config)
+
+
+class DDPMPipeline(DiffusionPipeline):
+    """Unconditional image generation with a DDPM (Ho et al. 2020), compatible with `diffusers.DDPMPipeline`.
+
+    Args:
+        unet: the noise-prediction network (see `ddpm_hf.create_unet` for the paper's presets).
+        scheduler: a `ddpm_hf.DDPMScheduler`; any other diffusers scheduler is converted through its config.
+    """
+
+    model_cpu_offload_seq = "unet"
+    _callback_tensor_inputs = ["image"]
+
+    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=_as_ddpm_scheduler(scheduler))
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Saving and loading
+    # ---------------------------------------------------------------------------------------------------------
+
+    def register_to_config(self, **kwargs: Any) -> None:
+        """Record components of this package under diffusers' own class names in `model_index.json`.
+
+        diffusers would record `["ddpm_hf.scheduler", "DDPMScheduler"]`, which plain diffusers cannot load from
+        the Hub; `ddpm_hf.DDPMScheduler` reads and writes the same configuration as `diffusers.DDPMScheduler`.
+        """
+        for name, value in kwargs.items():
+            if isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[0], str):
+                if value[0].split(".")[0] == __package__:
+                    kwargs[name] = ("diffusers", value[1])
+        super().register_to_config(**kwargs)
+
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs: Any
+    ) -> None:
+        """Save in diffusers' layout (`model_index.json`, `unet/`, `scheduler/`), weights as safetensors only."""
+        if not safe_serialization:
+            raise ValueError("ddpm_hf saves weights as safetensors only; safe_serialization=False is not supported.")
+        super().save_pretrained(save_directory, safe_serialization=True, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, *, allow_pickle: bool = False, **kwargs: Any
+    ) -> DDPMPipeline:
+        """Load a pipeline saved by this package or by diffusers, from a folder or a Hub repo id.
+
+        Both diffusers' layout (`unet/`, `scheduler/`) and the flat layout of the `google/ddpm-*` repos (config and
+        weights at the root) load. Weights must be safetensors unless `allow_pickle=True` is passed: pickle files
+        can run arbitrary code when loaded, so only allow them for files you trust.
+
+        Args:
+            pretrained_model_name_or_path: a local folder or a Hub repo id such as `"google/ddpm-cifar10-32"`.
+            allow_pickle: also accept `.bin` (pickle) weights when no safetensors file is present.
+            **kwargs: anything `diffusers.DiffusionPipeline.from_pretrained` takes (`revision`, `cache_dir`,
+                `local_files_only`, `torch_dtype`, ...).
+
+        Raises:
+            FileNotFoundError: a local folder without a pipeline or without weights (the message names the file).
+            ValueError: pickle weights without `allow_pickle=True`, or a corrupt weights file (named).
+        """
+        if kwargs.get("use_safetensors") is False and not allow_pickle:
+            raise ValueError("use_safetensors=False loads pickle weights; pass allow_pickle=True as well to allow it.")
+        if not allow_pickle:
+            kwargs["use_safetensors"] = True
+        if Path(pretrained_model_name_or_path).is_dir():
+            check_pipeline_folder(Path(pretrained_model_name_or_path), allow_pickle=allow_pickle)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Sampling
+    # ---------------------------------------------------------------------------------------------------------
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the UNet models."""
+        size = self.unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        return (self.unet.config.in_channels, height, width)
+
+    def _check_call(self, batch_size: int, generator: Generators, output_type: str) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"generator is a list of {len(generator)} generators, but batch_size is {batch_size}: pass one "
+                "generator per image."
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}.")
+
+    def _initial_noise(self, batch_size: int, generator: Generators) -> torch.Tensor:
+        """x_T ~ N(0, I) (Algorithm 2, line 1), drawn as diffusers draws it."""
+        device = self._execution_device
+        shape = (batch_size, *self.image_shape)
+        if device.type == "mps":  # randn is not reproducible on mps
+            return randn_tensor(shape, generator=generator, dtype=self.unet.dtype).to(device)
+        return randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+
+    def _reverse_process(
+        self,
+        image: torch.Tensor,
+        generator: Generators,
+        on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("image",),
+    ) -> torch.Tensor:
+        """Run x_t → x_{t'} over `self.scheduler.timesteps` (Algorithm 2, lines 2-5) and return the last sample."""
+        timesteps = self.scheduler.timesteps
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            model_output = self.unet(image, t).sample  # ε_θ(x_t, t)
+            step = self.scheduler.step(model_output, t, image, generator=generator)
+            image = step.prev_sample  # x_{t−1} = μ_θ(x_t, t) + σ_t z
+            if on_step is not None:
+                on_step(i, int(t), image, step.pred_original_sample)
+            if callback_on_step_end is not None:
+                tensors = {"image": image} if "image" in callback_on_step_end_tensor_inputs else {}
+                image = callback_on_step_end(self, i, int(t), tensors).get("image", image)
+        return image
+
+    def _postprocess(self, image: torch.Tensor, output_type: str) -> Images:
+        """Map [−1, 1] to [0, 1] and convert to PIL images, a NHWC numpy array or a NCHW tensor."""
+        image = (image / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return image
+        image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+        return self.numpy_to_pil(image) if output_type == "pil" else image
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: Generators = None,
+        num_inference_steps: int = 1000,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        respace: bool = False,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("image",),
+    ) -> ImagePipelineOutput | tuple:
+        """Draw `batch_size` samples by ancestral sampling (Algorithm 2).
+
+        Args:
+            batch_size: the number of images.
+            generator: a `torch.Generator`, or a list of one per image so that each image depends on its own seed
+                only, not on the batch it was drawn in.
+            num_inference_steps: the number of reverse steps (the paper: 1000 = T).
+            output_type: "pil", "np" (NHWC float in [0, 1]) or "pt" (NCHW tensor in [0, 1]).
+            return_dict: return an `ImagePipelineOutput` rather than a tuple.
+            respace: with fewer steps than T, sample on the respaced chain (see `DDPMScheduler.set_timesteps`).
+            callback_on_step_end: called after every step as `callback(pipeline, i, t, {"image": x_{t−1}})`; the
+                "image" it returns, if any, replaces x_{t−1}.
+            callback_on_step_end_tensor_inputs: the tensors passed to the callback (only "image").
+
+        Returns:
+            `ImagePipelineOutput(images=...)`, or `(images,)`.
+        """
+        self._check_call(batch_size, generator, output_type)
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs may only name {self._callback_tensor_inputs}.")
+        image = self._initial_noise(batch_size, generator)
+        self.scheduler.set_timesteps(num_inference_steps, respace=respace)
+        image = self._reverse_process(
+            image,
+            generator,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )
+        images = self._postprocess(image, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+    # ---------------------------------------------------------------------------------------------------------
+    # The paper's figures
+    # ---------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def progressive_generation(
+        self,
+        batch_size: int = 1,
+        generator: Generators = None,
+        num_inference_steps: int = 1000,
+        num_snapshots: int = 10,
+        output_type: str = "pil",
+    ) -> ProgressiveGenerationOutput:
+        """Progressive generation (Fig. 6): the prediction x̂_0 along the reverse chain.
+
+        The samples are the same as `__call__` draws from the same generator; `num_snapshots` evenly spaced steps
+        (always including the last) record x̂_0 = (x_t − √(1 − ᾱ_t) ε_θ(x_t, t)) / √ᾱ_t (eq. 15).
+        """
+        self._check_call(batch_size, generator, output_type)
+        if num_snapshots < 1:
+            raise ValueError(f"num_snapshots must be ≥ 1, got {num_snapshots}.")
+        image = self._initial_noise(batch_size, generator)
+        self.scheduler.set_timesteps(num_inference_steps)
+        steps = len(self.scheduler.timesteps)
+        keep = {round(k * (steps - 1) / max(num_snapshots - 1, 1)) for k in range(min(num_snapshots, steps))}
+        snapshots: list[tuple[int, torch.Tensor]] = []
+
+        def record(i: int, t: int, _: torch.Tensor, pred_original_sample: torch.Tensor) -> None:
+            if i in keep:
+                snapshots.append((t, pred_original_sample))
+
+        image = self._reverse_process(image, generator, on_step=record)
+        return ProgressiveGenerationOutput(
+            images=self._postprocess(image, output_type),
+            pred_original_samples=[self._postprocess(x, output_type) for _, x in snapshots],
+            timesteps=[t for t, _ in snapshots],
+        )
+
+    def _check_images(self, name: str, images: torch.Tensor) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(
+                f"{name} must be a tensor of shape (N, {', '.join(map(str, self.image_shape))}), got {shape}."
+            )
+        if images.min() < -1 or images.max() > 1:
+            raise ValueError(f"{name} must be scaled to [-1, 1].")
+        return images.to(device=self._execution_device, dtype=self.unet.dtype)
+
+    def _check_timestep(self, timestep: int) -> int:
+        T = self.scheduler.config.num_train_timesteps
+        if not 0 <= int(timestep) < T:
+            raise ValueError(f"timestep must lie in [0, {T}), got {timestep}.")
+        return int(timestep)
+
+    def _diffuse(self, x_0: torch.Tensor, timestep: int, generator: Generators) -> torch.Tensor:
+        """x_t ~ q(x_t | x_0) (eq. 4), one noise draw per image."""
+        noise = randn_tensor(x_0.shape, generator=generator, device=x_0.device, dtype=x_0.dtype)
+        return self.scheduler.add_noise(x_0, noise, torch.full((x_0.shape[0],), timestep, dtype=torch.long))
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        noisy_images: torch.Tensor,
+        timestep: int,
+        generator: Generators = None,
+        output_type: str = "pil",
+    ) -> ImagePipelineOutput:
+        """Run the reverse process from x_t at `timestep` down to x_0, every step of the trained chain."""
+        timestep = self._check_timestep(timestep)
+        image = self._check_images("noisy_images", noisy_images)
+        self._check_call(image.shape[0], generator, output_type)
+        self.scheduler.set_timesteps(timesteps=list(range(timestep, -1, -1)))
+        return ImagePipelineOutput(images=self._postprocess(self._reverse_process(image, generator), output_type))
+
+    @torch.no_grad()
+    def shared_latent_samples(
+        self,
+        image: torch.Tensor,
+        timestep: int,
+        num_samples: int = 4,
+        generator: Generators = None,
+        output_type: str = "pil",
+    ) -> tuple[Images, Images]:
+        """Samples that share x_t (Fig. 7): x_t ~ q(x_t | x_0) of one image, then `num_samples` draws of p_θ(x_0 | x_t).
+
+        Args:
+            image: x_0, a tensor (1, C, H, W) in [−1, 1].
+            timestep: t; the larger, the less the samples keep of `image` (Fig. 7 uses t = 1000, 750, 500, 250).
+            num_samples: how many x_0 to draw from the shared x_t.
+            generator: one generator (it draws x_t and then the reverse chain) or a list of `num_samples`.
+
+        Returns:
+            (samples, x_t), both in `output_type`.
+        """
+        x_0 = self._check_images("image", image)
+        if x_0.shape[0] != 1:
+            raise ValueError(f"image must hold exactly one image, got {x_0.shape[0]}.")
+        self._check_call(num_samples, generator, output_type)
+        timestep = self._check_timestep(timestep)
+        first = generator[0] if isinstance(generator, list) else generator
+        x_t = self._diffuse(x_0, timestep, first)
+        samples = self.denoise(x_t.repeat(num_samples, 1, 1, 1), timestep, generator, output_type).images
+        return samples, self._postprocess(x_t, output_type)
+
+    @torch.no_grad()
+    def interpolate(
+        self,
+        image_a: torch.Tensor,
+        image_b: torch.Tensor,
+        timestep: int,
+        lambdas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+        generator: torch.Generator | None = None,
+        output_type: str = "pil",
+    ) -> ImagePipelineOutput:
+        """Interpolation in latent space (Fig. 8): x̄_t = (1 − λ) x_t + λ x'_t, decoded by the reverse process.
+
+        x_t ~ q(x_t | x_0) and x'_t ~ q(x_t | x'_0) use `q` as a stochastic encoder; the reverse process is run from
+        x̄_t with the same noise for every λ ("we fixed the noise for different values of λ so x_t and x'_t remain
+        the same", Appendix), so the images differ only through λ.
+
+        Args:
+            image_a, image_b: x_0 and x'_0, tensors (1, C, H, W) in [−1, 1].
+            timestep: t, how far to diffuse before mixing (Fig. 8 uses 500 of 1000 steps).
+            lambdas: the mixing weights λ, one output image each.
+            generator: the source of all randomness.
+        """
+        x_a = self._check_images("image_a", image_a)
+        x_b = self._check_images("image_b", image_b)
+        if x_a.shape[0] != 1 or x_b.shape[0] != 1:
+            raise ValueError("image_a and image_b must each hold exactly one image.")
+        if len(lambdas) == 0:
+            raise ValueError("lambdas must not be empty.")
+        timestep = self._check_timestep(timestep)
+        x_t_a = self._diffuse(x_a, timestep, generator)
+        x_t_b = self._diffuse(x_b, timestep, generator)
+        mix = torch.tensor(list(lambdas), device=x_a.device, dtype=x_a.dtype).reshape(-1, 1, 1, 1)
+        x_t = (1 - mix) * x_t_a + mix * x_t_b
+        # The same reverse-process noise for every λ: one seed, one generator per image.
+        seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator).item())
+        device = generator.device if generator is not None else torch.device("cpu")
+        generators = [torch.Generator(device).manual_seed(seed) for _ in lambdas]
+        return self.denoise(x_t, timestep, generators, output_type)

@@ -1,0 +1,696 @@
+"""The DDPM forward process, ancestral sampler and variational bound (Ho, Jain, Abbeel 2020, arXiv 2006.11239).
+
+Notation of the paper, with timesteps indexed from 0 as in diffusers (paper step `t` is index `t − 1` here):
+
+    β_t                                   the variance schedule, α_t = 1 − β_t, ᾱ_t = Π_{s≤t} α_s
+    q(x_t | x_{t−1}) = N(√α_t x_{t−1}, β_t I)                                          (eq. 2)
+    q(x_t | x_0)     = N(√ᾱ_t x_0, (1 − ᾱ_t) I)                                         (eq. 4)
+    q(x_{t−1} | x_t, x_0) = N(μ̃_t(x_t, x_0), β̃_t I)                                    (eq. 6)
+    μ̃_t(x_t, x_0) = √ᾱ_{t−1} β_t / (1 − ᾱ_t) · x_0 + √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · x_t
+    β̃_t = (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · β_t                                             (eq. 7)
+    p_θ(x_{t−1} | x_t) = N(μ_θ(x_t, t), σ_t² I),   σ_t² = β_t or β̃_t                    (eq. 1, §3.2)
+    x_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t                                                   (eq. 4 solved for x_0)
+    μ_θ(x_t, t) = (x_t − β_t / √(1 − ᾱ_t) ε_θ(x_t, t)) / √α_t                           (eq. 11)
+    L_simple = E_{t, x_0, ε} ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖²                    (eq. 14)
+
+`DDPMScheduler.step` reproduces `diffusers.DDPMScheduler.step` operation for operation (same float32 tables, same
+random draws in the same order), so the two give the same images from the same seed. The likelihood methods
+(`q_posterior`, `p_mean_variance`, `vlb_terms`, `prior_bpd`, `training_loss`) use float64 tables, as the paper's
+reference code did, and return tensors in the dtype of their inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler as _DiffusersDDPMScheduler
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput, betas_for_alpha_bar, rescale_zero_terminal_snr
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from .gaussians import NATS_PER_BIT, discretized_gaussian_log_likelihood, normal_kl
+
+__all__ = [
+    "DDPMScheduler",
+    "DDPMSchedulerOutput",
+    "ModelPrediction",
+    "BETA_SCHEDULES",
+    "VARIANCE_TYPES",
+    "PREDICTION_TYPES",
+    "TIMESTEP_SPACINGS",
+    "LOSS_TYPES",
+    "respaced_timesteps",
+]
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
+# "mean" is the paper's direct μ̃-prediction (Table 2, first rows); the other three are diffusers' names.
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "mean")
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+LOSS_TYPES = ("simple", "vlb")
+
+
+@dataclass
+class ModelPrediction:
+    """The reverse-process Gaussian p_θ(x_{t−1} | x_t) that a model output defines (eq. 1).
+
+    Attributes:
+        mean: μ_θ(x_t, t).
+        variance: σ_t², broadcastable to `mean`.
+        log_variance: log σ_t², broadcastable to `mean`.
+        pred_original_sample: the model's x̂_0 (eq. 15 for ε-prediction), clipped or thresholded as configured.
+    """
+
+    mean: torch.Tensor
+    variance: torch.Tensor
+    log_variance: torch.Tensor
+    pred_original_sample: torch.Tensor
+
+
+def respaced_timesteps(num_train_timesteps: int, num_steps: int) -> list[int]:
+    """The kept timesteps of Nichol & Dhariwal 2021 (§4, `space_timesteps` with one section), descending.
+
+    `num_steps` evenly spaced indices of 0 … T−1, always keeping the first (x_0's decoder step) and the last
+    (the step that starts from the prior N(0, I)).
+    """
+    if num_steps == 1:
+        return [num_train_timesteps - 1]
+    stride = (num_train_timesteps - 1) / (num_steps - 1)
+    kept, position = [], 0.0
+    for _ in range(num_steps):
+        kept.append(round(position))
+        position += stride
+    return sorted(set(kept), reverse=True)
+
+
+def _gather(table: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """table[t] for a batch of timesteps, shaped to broadcast against `like` (B, 1, 1, …) in its dtype."""
+    values = table.to(like.device)[timesteps.to(like.device).long()]
+    return values.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+
+
+class DDPMScheduler(SchedulerMixin, ConfigMixin):
+    """The DDPM scheduler of Ho et al. 2020, a drop-in `diffusers.DDPMScheduler` that also computes the bound.
+
+    The configuration has exactly the fields of `diffusers.DDPMScheduler`, with the same names and defaults, so a
+    `scheduler_config.json` written by either class loads into the other. Beyond diffusers:
+
+    * `prediction_type="mean"`: the model predicts the posterior mean μ̃ directly (the paper's Table 2);
+    * `variance_type="fixed_large_log"` works (σ_t² = β_t through its logarithm; diffusers returns NaN there);
+    * `q_posterior` (eq. 6-7), `p_mean_variance` (eq. 1, 11), `vlb_terms` and `prior_bpd` (eq. 5, 13) in bits per
+      dimension, `training_loss` for L_simple (eq. 14) and the true bound L_vlb;
+    * `set_timesteps(n, respace=True)`: sampling on a respaced chain (Nichol & Dhariwal 2021, §4).
+
+    Args:
+        num_train_timesteps: T, the number of diffusion steps the model was trained with.
+        beta_start: β_1 of the linear, scaled-linear and sigmoid schedules (the paper: 1e-4).
+        beta_end: β_T of those schedules (the paper: 0.02).
+        beta_schedule: "linear" (the paper), "scaled_linear", "squaredcos_cap_v2" (Nichol & Dhariwal's cosine),
+            "sigmoid" or "laplace".
+        trained_betas: an explicit array of T betas, used instead of the schedule.
+        variance_type: σ_t² of the reverse process: "fixed_small" (β̃_t), "fixed_large" (β_t), their "_log" forms,
+            or "learned" / "learned_range" for a model with twice the channels.
+        clip_sample: clip x̂_0 to [−clip_sample_range, clip_sample_range] before the posterior mean (the paper's
+            sampler clips to [−1, 1]).
+        prediction_type: "epsilon" (ε_θ, the paper's choice), "sample" (x_0), "v_prediction" or "mean" (μ̃).
+        thresholding: dynamic thresholding of x̂_0 (Saharia et al. 2022) instead of clipping.
+        dynamic_thresholding_ratio: the percentile of dynamic thresholding.
+        clip_sample_range: the clipping bound.
+        sample_max_value: the largest threshold of dynamic thresholding.
+        timestep_spacing: how `set_timesteps(n)` strides the T steps: "leading", "trailing" or "linspace".
+        steps_offset: added to the "leading" timesteps.
+        rescale_betas_zero_snr: rescale the betas to zero terminal SNR (Lin et al. 2023).
+    """
+
+    _compatibles = list(_DiffusersDDPMScheduler._compatibles)
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace"] = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        variance_type: Literal[
+            "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"
+        ] = "fixed_small",
+        clip_sample: bool = True,
+        prediction_type: Literal["epsilon", "sample", "v_prediction", "mean"] = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: Literal["linspace", "leading", "trailing"] = "leading",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+    ):
+        self._validate_config()
+        self.betas = self._make_betas()
+        if rescale_betas_zero_snr:
+            self.betas = rescale_zero_terminal_snr(self.betas)
+
+        # The float32 tables of the sampler, exactly as diffusers builds them.
+        self.alphas = 1.0 - self.betas  # α_t
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # ᾱ_t
+        self.one = torch.tensor(1.0)
+        self.init_noise_sigma = 1.0  # x_T ~ N(0, I)
+
+        # The float64 tables of the likelihood (eq. 4-7), as in the paper's reference code.
+        betas = self.betas.double()
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])  # ᾱ_{t−1}
+        self._q = {
+            "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),  # √ᾱ_t                 (eq. 4)
+            "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),  # √(1 − ᾱ_t)
+            "log_one_minus_alphas_cumprod": torch.log1p(-alphas_cumprod),
+            "sqrt_recip_alphas_cumprod": alphas_cumprod.rsqrt(),  # 1/√ᾱ_t
+            "sqrt_recipm1_alphas_cumprod": (1.0 / alphas_cumprod - 1.0).sqrt(),  # √(1/ᾱ_t − 1)
+            # β̃_t and the two coefficients of μ̃_t (eq. 7)
+            "posterior_variance": betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod),
+            "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod),
+            "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * (1.0 - betas).sqrt() / (1.0 - alphas_cumprod),
+            "log_betas": betas.log(),
+        }
+        # β̃_1 = 0 (paper indexing): its log is replaced by log β̃_2, as in the reference code, so that the
+        # decoder term L_0 has a finite scale for σ_1² = β̃_1.
+        posterior_variance = self._q["posterior_variance"]
+        clipped = torch.cat([posterior_variance[1:2], posterior_variance[1:]]) if len(betas) > 1 else betas
+        self._q["posterior_log_variance_clipped"] = clipped.log()
+        # σ_t² = β_t with the same replacement at the first step (reference code: "fixedlarge").
+        self._q["large_log_variance"] = torch.cat([clipped[:1], betas[1:].log()])
+
+        # Set by `set_timesteps`.
+        self.custom_timesteps = False
+        self.num_inference_steps = None
+        self.respaced = False
+        self.timesteps = torch.from_numpy(np.arange(0, num_train_timesteps)[::-1].copy())
+        self.variance_type = variance_type
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Configuration
+    # ---------------------------------------------------------------------------------------------------------
+
+    def _validate_config(self) -> None:
+        config = self.config
+        if not isinstance(config.num_train_timesteps, (int, np.integer)) or config.num_train_timesteps < 1:
+            raise ValueError(f"num_train_timesteps must be an integer ≥ 1, got {config.num_train_timesteps!r}.")
+        for field, allowed in (
+            ("beta_schedule", BETA_SCHEDULES),
+            ("variance_type", VARIANCE_TYPES),
+            ("prediction_type", PREDICTION_TYPES),
+            ("timestep_spacing", TIMESTEP_SPACINGS),
+        ):
+            if getattr(config, field) not in allowed:
+                raise ValueError(f"Unknown {field} {getattr(config, field)!r}; choose one of {list(allowed)}.")
+        if config.trained_betas is not None:
+            betas = np.asarray(config.trained_betas, dtype=np.float64)
+            if betas.ndim != 1 or len(betas) != config.num_train_timesteps:
+                raise ValueError(
+                    f"trained_betas must be a list of num_train_timesteps={config.num_train_timesteps} values, "
+                    f"got shape {betas.shape}."
+                )
+            if not np.all((betas > 0) & (betas <= 1)):
+                raise ValueError("trained_betas must all lie in (0, 1].")
+        elif config.beta_schedule in ("linear", "scaled_linear", "sigmoid"):
+            for field in ("beta_start", "beta_end"):
+                value = getattr(config, field)
+                if not 0.0 < value < 1.0:
+                    raise ValueError(f"{field} must lie in (0, 1), got {value!r}.")
+            if config.beta_start >= config.beta_end:
+                raise ValueError(
+                    f"beta_start must be smaller than beta_end, got beta_start={config.beta_start} and "
+                    f"beta_end={config.beta_end}."
+                )
+        if not config.clip_sample_range > 0:
+            raise ValueError(f"clip_sample_range must be positive, got {config.clip_sample_range!r}.")
+        if not 0.0 < config.dynamic_thresholding_ratio <= 1.0:
+            raise ValueError(
+                f"dynamic_thresholding_ratio must lie in (0, 1], got {config.dynamic_thresholding_ratio!r}."
+            )
+        if config.steps_offset < 0:
+            raise ValueError(f"steps_offset must be ≥ 0, got {config.steps_offset!r}.")
+
+    def _make_betas(self) -> torch.Tensor:
+        """β_1 … β_T of the configured schedule (the paper: linear from 1e-4 to 0.02, T = 1000; §4)."""
+        config = self.config
+        T = config.num_train_timesteps
+        if config.trained_betas is not None:
+            return torch.tensor(config.trained_betas, dtype=torch.float32)
+        if config.beta_schedule == "linear":
+            return torch.linspace(config.beta_start, config.beta_end, T, dtype=torch.float32)
+        if config.beta_schedule == "scaled_linear":
+            return torch.linspace(config.beta_start**0.5, config.beta_end**0.5, T, dtype=torch.float32) ** 2
+        if config.beta_schedule == "squaredcos_cap_v2":
+            return betas_for_alpha_bar(T)
+        if config.beta_schedule == "laplace":
+            return betas_for_alpha_bar(T, alpha_transform_type="laplace")
+        # "sigmoid" (GeoDiff)
+        return torch.sigmoid(torch.linspace(-6, 6, T)) * (config.beta_end - config.beta_start) + config.beta_start
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Sampling: the timesteps and the ancestral step (Algorithm 2)
+    # ---------------------------------------------------------------------------------------------------------
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
+        """DDPM feeds x_t to the model unscaled; present for interchangeability with other schedulers."""
+        return sample
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: list[int] | None = None,
+        respace: bool = False,
+    ) -> None:
+        """Choose the timesteps of the reverse chain (run before sampling).
+
+        Args:
+            num_inference_steps: the number of sampling steps n ≤ T. Without `respace`, the steps are strided over
+                0 … T−1 by `config.timestep_spacing` exactly as `diffusers.DDPMScheduler` does.
+            device: where `self.timesteps` is placed.
+            timesteps: explicit, strictly descending timesteps in [0, T) instead of `num_inference_steps`.
+            respace: sample on the respaced chain of Nichol & Dhariwal 2021, §4: keep the evenly spaced
+                subsequence S of 0 … T−1 that includes both ends (or `timesteps`, if given) and use the betas
+                recomputed for it, β'_{s_i} = 1 − ᾱ_{s_i} / ᾱ_{s_{i−1}} (available as `self.respaced_betas`). The
+                chain then starts at the trained prior's step T−1 and ends with the decoder step 0, which the
+                strided "leading" spacing does not do (it starts at T − T/n).
+
+        Every step (strided or respaced) moves from x_t to x_{t'}, t' the next kept timestep, with the posterior
+        of eq. 6-7 written in ᾱ_t and ᾱ_{t'}: that is what recomputing the betas for the kept subsequence means.
+        """
+        T = self.config.num_train_timesteps
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError("Pass either num_inference_steps or timesteps to set_timesteps, not both.")
+        if num_inference_steps is None and timesteps is None:
+            raise ValueError("set_timesteps needs num_inference_steps or timesteps.")
+
+        if timesteps is not None:
+            timesteps = [int(t) for t in timesteps]
+            if len(timesteps) == 0:
+                raise ValueError("timesteps must not be empty.")
+            for i in range(1, len(timesteps)):
+                if timesteps[i] >= timesteps[i - 1]:
+                    raise ValueError(
+                        f"timesteps must be strictly descending, but timesteps[{i}]={timesteps[i]} follows "
+                        f"timesteps[{i - 1}]={timesteps[i - 1]}."
+                    )
+            if timesteps[0] >= T or timesteps[-1] < 0:
+                raise ValueError(f"timesteps must lie in [0, {T}) (num_train_timesteps={T}), got {timesteps}.")
+            schedule = np.array(timesteps, dtype=np.int64)
+            self.custom_timesteps = True
+            self.num_inference_steps = len(timesteps)
+        else:
+            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+                raise ValueError(f"num_inference_steps must be an integer, got {num_inference_steps!r}.")
+            if num_inference_steps < 1:
+                raise ValueError(f"num_inference_steps must be ≥ 1, got {num_inference_steps}.")
+            if num_inference_steps > T:
+                raise ValueError(
+                    f"num_inference_steps={num_inference_steps} is larger than num_train_timesteps={T}: the model "
+                    f"was trained on {T} steps."
+                )
+            self.num_inference_steps = num_inference_steps
+            self.custom_timesteps = False
+            if respace:
+                schedule = np.array(respaced_timesteps(T, num_inference_steps), dtype=np.int64)
+            else:
+                schedule = self._strided_timesteps(num_inference_steps)
+
+        self.respaced = respace
+        self.timesteps = torch.from_numpy(schedule).to(device)
+        self._previous = {int(t): int(s) for t, s in zip(schedule, list(schedule[1:]) + [-1], strict=True)}
+
+    def _strided_timesteps(self, n: int) -> np.ndarray:
+        """diffusers' `timestep_spacing` (Lin et al. 2023, Table 2), bit for bit."""
+        config = self.config
+        T = config.num_train_timesteps
+        if config.timestep_spacing == "linspace":
+            return np.linspace(0, T - 1, n).round()[::-1].copy().astype(np.int64)
+        if config.timestep_spacing == "leading":
+            step_ratio = T // n
+            timesteps = (np.arange(0, n) * step_ratio).round()[::-1].copy().astype(np.int64)
+            return timesteps + config.steps_offset
+        step_ratio = T / n  # "trailing"
+        return np.round(np.arange(T, 0, -step_ratio)).astype(np.int64) - 1
+
+    @property
+    def respaced_betas(self) -> torch.Tensor:
+        """β' of the current chain in ascending time order: 1 − ᾱ_{s_i} / ᾱ_{s_{i−1}}, with ᾱ before the first = 1."""
+        kept = self.timesteps.flip(0).cpu().long()
+        alphas_cumprod = self.alphas_cumprod[kept].double()
+        previous = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+        return (1.0 - alphas_cumprod / previous).float()
+
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
+        """The timestep the reverse chain moves to from `timestep` (−1 after the last step)."""
+        if self.custom_timesteps or self.num_inference_steps:
+            t = int(timestep)
+            if t not in self._previous:
+                raise ValueError(
+                    f"timestep {t} is not one of the {len(self._previous)} timesteps set by set_timesteps."
+                )
+            return torch.tensor(self._previous[t])
+        return timestep - 1
+
+    def _variance(self, t: int, prev_t: int, predicted_variance: torch.Tensor | None) -> torch.Tensor:
+        """σ_t² of the step t → prev_t (or its log, or σ_t, as diffusers' `_get_variance` returns them)."""
+        alpha_prod_t = self.alphas_cumprod[t]
+        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
+        current_beta_t = 1 - alpha_prod_t / alpha_prod_t_prev
+        # β̃_t (eq. 7), kept away from 0 because its logarithm is taken below
+        variance = torch.clamp((1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * current_beta_t, min=1e-20)
+        variance_type = self.config.variance_type
+        if variance_type == "fixed_small":  # σ_t² = β̃_t
+            return variance
+        if variance_type == "fixed_small_log":  # σ_t (a standard deviation, as in diffusers)
+            return torch.exp(0.5 * torch.log(variance))
+        if variance_type == "fixed_large":  # σ_t² = β_t
+            return current_beta_t
+        if variance_type == "fixed_large_log":  # log σ_t² = log β_t
+            return torch.log(current_beta_t)
+        if variance_type == "learned":  # the model's σ_t²
+            return predicted_variance
+        # "learned_range": log σ_t² = v log β_t + (1 − v) log β̃_t, v = (output + 1) / 2 (Nichol & Dhariwal eq. 15)
+        frac = (predicted_variance + 1) / 2
+        return frac * torch.log(current_beta_t) + (1 - frac) * torch.log(variance)
+
+    def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
+        """Dynamic thresholding of x̂_0 (Saharia et al. 2022, §2.3): clamp each image to [−s, s] and divide by s, s the
+        `dynamic_thresholding_ratio` percentile of |x̂_0| clamped to [1, `sample_max_value`]."""
+        dtype = sample.dtype
+        batch_size = sample.shape[0]
+        if dtype not in (torch.float32, torch.float64):
+            sample = sample.float()
+        flat = sample.reshape(batch_size, -1)
+        s = torch.quantile(flat.abs(), self.config.dynamic_thresholding_ratio, dim=1)
+        s = torch.clamp(s, min=1, max=self.config.sample_max_value).unsqueeze(1)
+        return (torch.clamp(flat, -s, s) / s).reshape(sample.shape).to(dtype)
+
+    def _clip(self, pred_original_sample: torch.Tensor) -> torch.Tensor:
+        if self.config.thresholding:
+            return self._threshold_sample(pred_original_sample)
+        if self.config.clip_sample:
+            return pred_original_sample.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
+        return pred_original_sample
+
+    def _split_variance(
+        self, model_output: torch.Tensor, sample: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Split a learned-variance model's output (2C channels) into its mean part and its variance part."""
+        if model_output.shape[1] == sample.shape[1] * 2 and self.config.variance_type in ("learned", "learned_range"):
+            mean_part, variance_part = torch.split(model_output, sample.shape[1], dim=1)
+            return mean_part, variance_part
+        if self.config.variance_type in ("learned", "learned_range"):
+            raise ValueError(
+                f"variance_type={self.config.variance_type!r} needs a model output of 2×{sample.shape[1]} channels, "
+                f"got {model_output.shape[1]}."
+            )
+        return model_output, None
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ) -> DDPMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+        """One step of ancestral sampling, x_t → x_{t'} ~ p_θ(x_{t'} | x_t) (Algorithm 2, line 4).
+
+        With the full chain t' = t − 1. After `set_timesteps`, t' is the next kept timestep and the step uses the
+        posterior of the two-step chain ᾱ_t → ᾱ_{t'}, i.e. β_t replaced by 1 − ᾱ_t / ᾱ_{t'}.
+
+        Args:
+            model_output: the network's output at (x_t, t): ε_θ, x̂_0, v or μ̃ by `prediction_type` (with 2C
+                channels when the variance is learned).
+            timestep: t.
+            sample: x_t.
+            generator: the source of z ~ N(0, I); a list gives one generator per image. One draw of the sample's
+                shape is made when t > 0 and none at t = 0, as in diffusers.
+            return_dict: return a `DDPMSchedulerOutput` rather than a tuple.
+
+        Returns:
+            `prev_sample` x_{t'} and `pred_original_sample` x̂_0.
+        """
+        t = int(timestep)
+        prev_t = int(self.previous_timestep(t))
+        model_output, predicted_variance = self._split_variance(model_output, sample)
+
+        # 1. ᾱ_t, ᾱ_{t'} and the step's β_t = 1 − ᾱ_t/ᾱ_{t'}
+        alpha_prod_t = self.alphas_cumprod[t]
+        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
+        beta_prod_t = 1 - alpha_prod_t
+        beta_prod_t_prev = 1 - alpha_prod_t_prev
+        current_alpha_t = alpha_prod_t / alpha_prod_t_prev
+        current_beta_t = 1 - current_alpha_t
+
+        # 2. coefficients of μ̃_t(x_t, x_0) (eq. 7)
+        pred_original_sample_coeff = (alpha_prod_t_prev ** (0.5) * current_beta_t) / beta_prod_t
+        current_sample_coeff = current_alpha_t ** (0.5) * beta_prod_t_prev / beta_prod_t
+
+        # 3. x̂_0 from the model output, and the mean μ_θ
+        prediction_type = self.config.prediction_type
+        if prediction_type == "mean":
+            # μ_θ = the output itself (Table 2, "μ̃ prediction"); x̂_0 by solving eq. 7 for x_0
+            pred_prev_sample = model_output
+            pred_original_sample = self._clip(
+                (model_output - current_sample_coeff * sample) / pred_original_sample_coeff
+            )
+        else:
+            if prediction_type == "epsilon":  # x̂_0 = (x_t − √(1−ᾱ_t) ε_θ) / √ᾱ_t   (eq. 15)
+                pred_original_sample = (sample - beta_prod_t ** (0.5) * model_output) / alpha_prod_t ** (0.5)
+            elif prediction_type == "sample":  # x̂_0 = the output
+                pred_original_sample = model_output
+            else:  # "v_prediction": x̂_0 = √ᾱ_t x_t − √(1−ᾱ_t) v  (Salimans & Ho 2022)
+                pred_original_sample = (alpha_prod_t**0.5) * sample - (beta_prod_t**0.5) * model_output
+            pred_original_sample = self._clip(pred_original_sample)
+            # μ_θ = μ̃_t(x_t, x̂_0)   (eq. 7 with x̂_0, equal to eq. 11 without clipping)
+            pred_prev_sample = pred_original_sample_coeff * pred_original_sample + current_sample_coeff * sample
+
+        # 4. x_{t'} = μ_θ + σ_t z, z ~ N(0, I), for t > 0 (Algorithm 2, line 3-4)
+        if t > 0:
+            noise = randn_tensor(
+                model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
+            )
+            spread = self._variance(t, prev_t, predicted_variance)
+            variance_type = self.config.variance_type
+            if variance_type == "fixed_small_log":  # already σ_t
+                pred_prev_sample = pred_prev_sample + spread * noise
+            elif variance_type in ("fixed_large_log", "learned_range"):  # log σ_t²
+                pred_prev_sample = pred_prev_sample + torch.exp(0.5 * spread) * noise
+            else:  # σ_t²
+                pred_prev_sample = pred_prev_sample + (spread**0.5) * noise
+
+        if not return_dict:
+            return (pred_prev_sample, pred_original_sample)
+        return DDPMSchedulerOutput(prev_sample=pred_prev_sample, pred_original_sample=pred_original_sample)
+
+    # ---------------------------------------------------------------------------------------------------------
+    # The forward process (eq. 4)
+    # ---------------------------------------------------------------------------------------------------------
+
+    def _sqrt_alphas(self, like: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """√ᾱ_t and √(1 − ᾱ_t) from the float32 table, shaped against `like` (diffusers' arithmetic)."""
+        self.alphas_cumprod = self.alphas_cumprod.to(device=like.device)
+        alphas_cumprod = self.alphas_cumprod.to(dtype=like.dtype)[timesteps.to(like.device)].flatten()
+        shape = (-1, *([1] * (like.ndim - 1)))
+        return (alphas_cumprod**0.5).reshape(shape), ((1 - alphas_cumprod) ** 0.5).reshape(shape)
+
+    def add_noise(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor
+    ) -> torch.Tensor:
+        """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, a draw from q(x_t | x_0) (eq. 4; Algorithm 1, line 5)."""
+        sqrt_alpha_prod, sqrt_one_minus_alpha_prod = self._sqrt_alphas(original_samples, timesteps)
+        return sqrt_alpha_prod * original_samples + sqrt_one_minus_alpha_prod * noise
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor) -> torch.Tensor:
+        """v = √ᾱ_t ε − √(1 − ᾱ_t) x_0, the target of v-prediction (Salimans & Ho 2022)."""
+        sqrt_alpha_prod, sqrt_one_minus_alpha_prod = self._sqrt_alphas(sample, timesteps)
+        return sqrt_alpha_prod * noise - sqrt_one_minus_alpha_prod * sample
+
+    # ---------------------------------------------------------------------------------------------------------
+    # The variational bound (eq. 5-13) on the full chain of T steps, batched over timesteps
+    # ---------------------------------------------------------------------------------------------------------
+
+    def _check_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:
+        timesteps = torch.as_tensor(timesteps).long()
+        T = self.config.num_train_timesteps
+        if timesteps.numel() and (timesteps.min() < 0 or timesteps.max() >= T):
+            raise ValueError(f"timesteps must lie in [0, {T}), got values from {timesteps.min()} to {timesteps.max()}.")
+        return timesteps
+
+    def q_posterior(
+        self, original_samples: torch.Tensor, noisy_samples: torch.Tensor, timesteps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The forward-process posterior q(x_{t−1} | x_t, x_0) = N(μ̃_t, β̃_t I) (eq. 6-7).
+
+        Returns:
+            (μ̃_t(x_t, x_0), β̃_t, log β̃_t), the last two shaped (B, 1, 1, 1). log β̃_t at t = 0 (where β̃ = 0) is
+            clipped to log β̃_1, as in the paper's code.
+        """
+        t = self._check_timesteps(timesteps)
+        x_0, x_t = original_samples, noisy_samples
+        mean = (
+            _gather(self._q["posterior_mean_coef1"], t, x_t) * x_0
+            + _gather(self._q["posterior_mean_coef2"], t, x_t) * x_t
+        )
+        variance = _gather(self._q["posterior_variance"], t, x_t)
+        log_variance = _gather(self._q["posterior_log_variance_clipped"], t, x_t)
+        return mean, variance, log_variance
+
+    def predict_original_sample(
+        self, model_output: torch.Tensor, noisy_samples: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """x̂_0 from the model output for a batch of timesteps, unclipped, for every `prediction_type` (Table 2)."""
+        t = self._check_timesteps(timesteps)
+        x_t = noisy_samples
+        prediction_type = self.config.prediction_type
+        if prediction_type == "epsilon":  # x_0 = x_t/√ᾱ_t − √(1/ᾱ_t − 1) ε   (eq. 4)
+            return (
+                _gather(self._q["sqrt_recip_alphas_cumprod"], t, x_t) * x_t
+                - _gather(self._q["sqrt_recipm1_alphas_cumprod"], t, x_t) * model_output
+            )
+        if prediction_type == "sample":
+            return model_output
+        if prediction_type == "v_prediction":  # x_0 = √ᾱ_t x_t − √(1−ᾱ_t) v
+            return (
+                _gather(self._q["sqrt_alphas_cumprod"], t, x_t) * x_t
+                - _gather(self._q["sqrt_one_minus_alphas_cumprod"], t, x_t) * model_output
+            )
+        # "mean": x_0 = (μ̃ − coef2 · x_t) / coef1   (eq. 7 solved for x_0)
+        return (model_output - _gather(self._q["posterior_mean_coef2"], t, x_t) * x_t) / _gather(
+            self._q["posterior_mean_coef1"], t, x_t
+        )
+
+    def p_mean_variance(
+        self,
+        model_output: torch.Tensor,
+        noisy_samples: torch.Tensor,
+        timesteps: torch.Tensor,
+        clip_denoised: bool = False,
+    ) -> ModelPrediction:
+        """The reverse-process Gaussian p_θ(x_{t−1} | x_t) = N(μ_θ, σ_t² I) of a model output (eq. 1).
+
+        μ_θ is μ̃_t(x_t, x̂_0) for ε-, x_0- and v-prediction (eq. 11 is the ε case) and the output itself for
+        μ̃-prediction. σ_t² follows `variance_type`: β̃_t ("fixed_small*", log clipped at t = 0), β_t
+        ("fixed_large*", with β̃_1 at t = 0 as in the paper's code), or the model's (learned variants).
+
+        Args:
+            model_output: the network output for x_t at `timesteps` (2C channels with a learned variance).
+            noisy_samples: x_t.
+            timesteps: t, one per image.
+            clip_denoised: clip or threshold x̂_0 as configured before forming μ_θ (what sampling does);
+                the bound is evaluated without it.
+        """
+        t = self._check_timesteps(timesteps)
+        x_t = noisy_samples
+        model_output, predicted_variance = self._split_variance(model_output, x_t)
+
+        variance_type = self.config.variance_type
+        if variance_type in ("fixed_small", "fixed_small_log"):
+            log_variance = _gather(self._q["posterior_log_variance_clipped"], t, x_t)
+        elif variance_type in ("fixed_large", "fixed_large_log"):
+            log_variance = _gather(self._q["large_log_variance"], t, x_t)
+        elif variance_type == "learned":  # diffusers' convention: the model outputs σ_t² itself
+            log_variance = torch.log(predicted_variance.clamp(min=1e-20))
+        else:  # "learned_range" (Nichol & Dhariwal 2021, eq. 15)
+            frac = (predicted_variance + 1) / 2
+            min_log = _gather(self._q["posterior_log_variance_clipped"], t, x_t)
+            max_log = _gather(self._q["log_betas"], t, x_t)
+            log_variance = frac * max_log + (1 - frac) * min_log
+        variance = torch.exp(log_variance)
+
+        pred_original_sample = self.predict_original_sample(model_output, x_t, t)
+        if clip_denoised:
+            pred_original_sample = self._clip(pred_original_sample)
+        if self.config.prediction_type == "mean":
+            mean = model_output
+        else:
+            mean, _, _ = self.q_posterior(pred_original_sample, x_t, t)
+        return ModelPrediction(mean, variance, log_variance, pred_original_sample)
+
+    def vlb_terms(
+        self,
+        model_output: torch.Tensor,
+        original_samples: torch.Tensor,
+        noisy_samples: torch.Tensor,
+        timesteps: torch.Tensor,
+    ) -> torch.Tensor:
+        """One term of the variational bound per image, in bits per dimension (eq. 5).
+
+        L_{t−1} = D_KL(q(x_{t−1} | x_t, x_0) || p_θ(x_{t−1} | x_t)) for t > 0 (paper index t > 1), and the decoder
+        term L_0 = −log p_θ(x_0 | x_1) of eq. 13 for t = 0. `original_samples` must lie on the 8-bit grid in
+        [−1, 1] for L_0 to be a likelihood.
+
+        Returns:
+            A tensor of shape (B,): the term divided by the number of dimensions and by log 2.
+        """
+        t = self._check_timesteps(timesteps)
+        x_0, x_t = original_samples, noisy_samples
+        true_mean, _, true_log_variance = self.q_posterior(x_0, x_t, t)
+        model = self.p_mean_variance(model_output, x_t, t)
+        kl = normal_kl(true_mean, true_log_variance, model.mean, model.log_variance)
+        decoder_nll = -discretized_gaussian_log_likelihood(x_0, means=model.mean, log_scales=0.5 * model.log_variance)
+        is_decoder = (t == 0).to(x_t.device).reshape(-1, *([1] * (x_t.ndim - 1)))
+        terms = torch.where(is_decoder, decoder_nll, kl)
+        return terms.flatten(1).mean(dim=1) / NATS_PER_BIT
+
+    def prior_bpd(self, original_samples: torch.Tensor) -> torch.Tensor:
+        """The prior term L_T = D_KL(q(x_T | x_0) || N(0, I)) per image, in bits per dimension (eq. 5)."""
+        x_0 = original_samples
+        t = torch.full((x_0.shape[0],), self.config.num_train_timesteps - 1, dtype=torch.long)
+        mean = _gather(self._q["sqrt_alphas_cumprod"], t, x_0) * x_0
+        log_variance = _gather(self._q["log_one_minus_alphas_cumprod"], t, x_0)
+        kl = normal_kl(mean, log_variance, torch.zeros_like(mean), torch.zeros_like(mean))
+        return kl.flatten(1).mean(dim=1) / NATS_PER_BIT
+
+    def training_target(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """What the network regresses onto: ε (eq. 14), x_0, v, or μ̃_t(x_t, x_0) (Table 2), by `prediction_type`."""
+        prediction_type = self.config.prediction_type
+        if prediction_type == "epsilon":
+            return noise
+        if prediction_type == "sample":
+            return original_samples
+        if prediction_type == "v_prediction":
+            return self.get_velocity(original_samples, noise, timesteps)
+        noisy = self.add_noise(original_samples, noise, timesteps)
+        return self.q_posterior(original_samples, noisy, timesteps)[0]
+
+    def training_loss(
+        self,
+        model_output: torch.Tensor,
+        original_samples: torch.Tensor,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+        loss_type: Literal["simple", "vlb"] = "simple",
+    ) -> torch.Tensor:
+        """The per-image training loss of Table 2, for x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε.
+
+        * "simple": the unweighted mean squared error between the output and `training_target` — L_simple of
+          eq. 14 for ε-prediction, the "unweighted MSE" rows of Table 2 for the others. With a learned variance
+          only the mean part is regressed.
+        * "vlb": the true variational bound term L_{t−1} of `vlb_terms` in bits/dim (the "L" rows of Table 2);
+          with t uniform over T steps, T · E_t[loss] + L_T is the bound.
+
+        Returns:
+            A tensor of shape (B,).
+        """
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"Unknown loss_type {loss_type!r}; choose one of {list(LOSS_TYPES)}.")
+        x_t = self.add_noise(original_samples, noise, timesteps)
+        if loss_type == "vlb":
+            return self.vlb_terms(model_output, original_samples, x_t, timesteps)
+        mean_output, _ = self._split_variance(model_output, x_t)
+        target = self.training_target(original_samples, noise, timesteps)
+        return (mean_output - target).pow(2).flatten(1).mean(dim=1)
