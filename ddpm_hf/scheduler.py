@@ -499,10 +499,16 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
     # ---------------------------------------------------------------------------------------------------------
 
     def _sqrt_alphas(self, like: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """√ᾱ_t and √(1 − ᾱ_t) from the float32 table, shaped against `like` (diffusers' arithmetic)."""
+        """√ᾱ_t and √(1 − ᾱ_t) shaped against `like`: from the float32 table as diffusers computes them, or from the
+        float64 table for float64 input (the precision of the likelihood computations)."""
+        shape = (-1, *([1] * (like.ndim - 1)))
+        if like.dtype == torch.float64:
+            t = timesteps.to(like.device).long().flatten()
+            sqrt_alpha = self._q["sqrt_alphas_cumprod"].to(like.device)[t]
+            sqrt_one_minus_alpha = self._q["sqrt_one_minus_alphas_cumprod"].to(like.device)[t]
+            return sqrt_alpha.reshape(shape), sqrt_one_minus_alpha.reshape(shape)
         self.alphas_cumprod = self.alphas_cumprod.to(device=like.device)
         alphas_cumprod = self.alphas_cumprod.to(dtype=like.dtype)[timesteps.to(like.device)].flatten()
-        shape = (-1, *([1] * (like.ndim - 1)))
         return (alphas_cumprod**0.5).reshape(shape), ((1 - alphas_cumprod) ** 0.5).reshape(shape)
 
     def add_noise(
