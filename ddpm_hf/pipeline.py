@@ -164,6 +164,23 @@ class DDPMPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: Sequence[str] = ("image",),
     ) -> torch.Tensor:
         """Run x_t → x_{t'} over `self.scheduler.timesteps` (Algorithm 2, lines 2-5) and return the last sample."""
+        was_training = self.unet.training
+        self.unet.eval()  # sampling never uses dropout, whatever mode the caller left the network in
+        try:
+            return self._reverse_loop(
+                image, generator, on_step, callback_on_step_end, callback_on_step_end_tensor_inputs
+            )
+        finally:
+            self.unet.train(was_training)
+
+    def _reverse_loop(
+        self,
+        image: torch.Tensor,
+        generator: Generators,
+        on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None,
+        callback_on_step_end: StepCallback | None,
+        callback_on_step_end_tensor_inputs: Sequence[str],
+    ) -> torch.Tensor:
         timesteps = self.scheduler.timesteps
         for i, t in enumerate(self.progress_bar(timesteps)):
             model_output = self.unet(image, t).sample  # ε_θ(x_t, t)

@@ -1,0 +1,228 @@
+"""Specification of `ddpm-hf train`: real processes, real `accelerate launch`, real files.
+
+These tests run the training command as users do, in subprocesses, on the CPU with tiny networks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import diffusers
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ddpm_hf.shapes import detection_rate
+
+TINY = [
+    "--unet", "ddpm-tiny", "--train-batch-size", "8", "--learning-rate", "1e-3", "--lr-warmup-steps", "2",
+    "--logging-steps", "1", "--sample-steps", "1000", "--num-sample-images", "4", "--sample-inference-steps", "5",
+    "--report-to", "none", "--num-train-timesteps", "100",
+]  # fmt: skip
+
+
+def train_command(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "ddpm_hf.train", *arguments]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accelerate_command(num_processes: int, *arguments: str) -> list[str]:
+    """`accelerate launch` of several CPU processes (gloo): torchrun's launcher, with Accelerate told to use the CPU."""
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()), "-m", "ddpm_hf.train", *arguments,
+    ]  # fmt: skip
+
+
+def run(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def metrics(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def checkpoint_tensors(output_dir: Path, step: int) -> dict[str, dict[str, torch.Tensor]]:
+    folder = output_dir / "checkpoints" / f"checkpoint-{step:07d}"
+    return {name: load_file(folder / f"{name}.safetensors") for name in ("model", "ema", "optimizer")}
+
+
+def test_two_processes_train_the_same_weights_as_one(tmp_path):
+    """The global batch, its noise and timesteps do not depend on the number of processes or micro-steps: with
+    dropout off (ddpm-tiny), 2 processes × 2 accumulation steps end where 1 process ends, and the ranks agree after
+    every step."""
+    common = [*TINY, "--max-train-steps", "4", "--checkpointing-steps", "4"]
+    one = run(train_command(*common, "--output-dir", str(tmp_path / "one")))
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run(
+        accelerate_command(2, *common, "--gradient-accumulation-steps", "2", "--output-dir", str(tmp_path / "two"))
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    assert json.loads((tmp_path / "two" / "training_summary.json").read_text())["num_processes"] == 2
+    rows_one, rows_two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [r["step"] for r in rows_two] == [1, 2, 3, 4]
+    assert all(r["replica_spread"] == 0.0 for r in rows_two)  # identical weights on every rank after each step
+    for a, b in zip(rows_one, rows_two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["lr"] == a["lr"]
+    weights_one, weights_two = checkpoint_tensors(tmp_path / "one", 4), checkpoint_tensors(tmp_path / "two", 4)
+    # Summation order differs between 1 and 2 processes; Adam divides by √v, which turns the resulting float32
+    # differences of near-zero gradients into differences of up to ~1e-5 here (a wrong batch would give ~1e-3).
+    for name, tensor in weights_one["model"].items():
+        torch.testing.assert_close(weights_two["model"][name], tensor, rtol=1e-3, atol=1e-4)
+
+
+def test_a_killed_run_resumed_from_its_checkpoint_ends_bit_identical(tmp_path):
+    common = [*TINY, "--max-train-steps", "40", "--checkpointing-steps", "8", "--checkpoints-total-limit", "10"]
+    whole = run(train_command(*common, "--output-dir", str(tmp_path / "whole")))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    interrupted = tmp_path / "interrupted"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        train_command(*common, "--output-dir", str(interrupted)), stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        for line in process.stderr:
+            if "saved checkpoint at step 8" in line:
+                process.send_signal(signal.SIGKILL)
+                break
+    finally:
+        process.wait(timeout=120)
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (interrupted / "pipeline").exists()
+
+    resumed = run(train_command(*common, "--output-dir", str(interrupted), "--resume", "latest"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((interrupted / "training_summary.json").read_text())["resumed_from_step"] >= 8
+
+    expected, got = checkpoint_tensors(tmp_path / "whole", 40), checkpoint_tensors(interrupted, 40)
+    for part in ("model", "ema", "optimizer"):
+        for name, tensor in expected[part].items():
+            assert torch.equal(got[part][name], tensor), f"{part}:{name} differs after resuming"
+    assert [(r["step"], r["loss"]) for r in metrics(interrupted)] == [
+        (r["step"], r["loss"]) for r in metrics(tmp_path / "whole")
+    ]
+
+    changed = run(
+        train_command(*common, "--output-dir", str(interrupted), "--resume", "latest", "--train-batch-size", "4")
+    )
+    assert (
+        changed.returncode == 1 and "configuration differs" in changed.stderr and "train_batch_size" in changed.stderr
+    )
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_saves_nothing_after_it(tmp_path):
+    output_dir = tmp_path / "diverged"
+    result = run(train_command(*TINY, "--learning-rate", "1e30", "--lr-warmup-steps", "0", "--max-train-steps", "20",
+                               "--checkpointing-steps", "1", "--output-dir", str(output_dir)))  # fmt: skip
+    assert result.returncode == 1
+    assert "non-finite at step" in result.stderr
+    bad_step = int(result.stderr.split("non-finite at step ")[1].split(";")[0])
+    saved = sorted(int(p.name.split("-")[1]) for p in (output_dir / "checkpoints").glob("checkpoint-*"))
+    assert all(step < bad_step for step in saved)
+    for step in saved:
+        assert all(torch.isfinite(t).all() for t in checkpoint_tensors(output_dir, step)["model"].values())
+    assert not (output_dir / "pipeline").exists()
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--dataset", "no/such-dataset-anywhere"], "does not exist"),
+        (["--dataset", "{tmp}/missing-folder"], "does not exist"),
+        (["--dataset", "{tmp}/data", "--image-column", "picture"], "'picture' does not exist"),
+        (["--dataset", "{tmp}/data", "--split", "validation"], "no split 'validation'"),
+        (["--train-batch-size", "6", "--gradient-accumulation-steps", "4"], "gradient_accumulation_steps"),
+    ],
+)
+def test_bad_data_and_options_fail_clearly_before_training(tmp_path, arguments, message):
+    import datasets
+    import PIL.Image
+
+    images = [PIL.Image.new("RGB", (16, 16), (i, i, i)) for i in range(4)]
+    (tmp_path / "data").mkdir()
+    datasets.Dataset.from_dict({"img": images}).cast_column("img", datasets.Image()).to_parquet(
+        tmp_path / "data" / "train-00000-of-00001.parquet"
+    )
+    arguments = [a.replace("{tmp}", str(tmp_path)) for a in arguments]
+    result = run(train_command(*TINY, "--max-train-steps", "2", "--output-dir", str(tmp_path / "out"), *arguments))
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_an_unreadable_image_is_reported_with_its_row_before_training(tmp_path):
+    import datasets
+
+    rows = [{"bytes": b"\x89PNG broken", "path": None}] * 3
+    (tmp_path / "data").mkdir()
+    datasets.Dataset.from_dict({"image": rows}).cast_column("image", datasets.Image()).to_parquet(
+        tmp_path / "data" / "train-00000-of-00001.parquet"
+    )
+    result = run(train_command(*TINY, "--max-train-steps", "2", "--dataset", str(tmp_path / "data"),
+                               "--output-dir", str(tmp_path / "out")))  # fmt: skip
+    assert result.returncode == 1 and "row 0" in result.stderr
+
+
+def test_the_command_line_help_lists_the_options():
+    result = run(["ddpm-hf", "train", "--help"])
+    assert result.returncode == 0
+    for option in ("--train-batch-size", "--resume", "--config", "--preset", "--mixed-precision"):
+        assert option in result.stdout
+    assert run(["ddpm-hf"]).returncode == 2
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory) -> Path:
+    """`ddpm-hf train` as the README runs it (the quickstart preset on the built-in shapes), shortened a little."""
+    output_dir = tmp_path_factory.mktemp("quickstart")
+    result = run(["ddpm-hf", "train", "--output-dir", str(output_dir), "--max-train-steps", "1200",
+                  "--sample-inference-steps", "100", "--report-to", "tensorboard"], timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir
+
+
+def test_training_on_the_builtin_shapes_learns_to_draw_them(quickstart_run):
+    """The proof that training learns: most of 32 samples from the trained pipeline (1000 ancestral steps) are one
+    solid shape on a plain background, as the analytic detector judges them."""
+    pipeline = diffusers.DDPMPipeline.from_pretrained(quickstart_run / "pipeline")
+    pipeline.set_progress_bar_config(disable=True)
+    generators = [torch.Generator().manual_seed(1000 + i) for i in range(32)]
+    samples = pipeline(batch_size=32, generator=generators, num_inference_steps=1000, output_type="np").images
+    rate = detection_rate(samples)
+    assert rate >= 0.6, f"only {rate:.0%} of the samples are recognisable shapes"
+
+
+def test_training_writes_pipeline_grids_curve_summary_logs_and_checkpoints(quickstart_run):
+    summary = json.loads((quickstart_run / "training_summary.json").read_text())
+    assert summary["steps"] == 1200 and summary["images_seen"] == 1200 * 64
+    assert summary["dataset"]["source"] == "builtin:shapes" and summary["config"]["preset"] == "quickstart"
+    assert summary["final_loss"] < 0.2 and summary["wall_time_seconds"] > 0
+    index = json.loads((quickstart_run / "pipeline" / "model_index.json").read_text())
+    assert index["unet"] == ["diffusers", "UNet2DModel"] and index["scheduler"] == ["diffusers", "DDPMScheduler"]
+    assert (quickstart_run / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    for picture in ("samples.png", "loss_curve.png", "samples/step-0000500.png", "samples/step-0001200.png"):
+        assert (quickstart_run / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", picture
+    assert list((quickstart_run / "logs").rglob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (quickstart_run / "checkpoints").iterdir()) == [
+        "checkpoint-0000500", "checkpoint-0001000", "checkpoint-0001200"
+    ]  # fmt: skip
+    rows = metrics(quickstart_run)
+    assert rows[0]["lr"] < rows[-1]["lr"] == pytest.approx(1e-3)  # warm-up, then constant
+    assert rows[-1]["loss"] < rows[0]["loss"]
