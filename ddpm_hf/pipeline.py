@@ -20,13 +20,15 @@ import PIL.Image
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from .hub import check_pipeline_folder
 from .scheduler import DDPMScheduler
 
 __all__ = ["DDPMPipeline", "ProgressiveGenerationOutput", "OUTPUT_TYPES"]
+
+logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 Images = list[PIL.Image.Image] | np.ndarray | torch.Tensor
@@ -55,6 +57,11 @@ def _as_ddpm_scheduler(scheduler: SchedulerMixin) -> DDPMScheduler:
         return scheduler
     if not isinstance(scheduler, SchedulerMixin):
         raise TypeError(f"scheduler must be a diffusers scheduler, got {type(scheduler).__name__}.")
+    if type(scheduler).__name__ != "DDPMScheduler":
+        logger.warning(
+            f"ddpm_hf.DDPMPipeline samples with DDPM's ancestral sampler: the {type(scheduler).__name__} is converted "
+            "to ddpm_hf.DDPMScheduler through its config (use the matching diffusers pipeline to sample with it)."
+        )
     return DDPMScheduler.from_config(scheduler.config)
 
 
@@ -72,6 +79,12 @@ class DDPMPipeline(DiffusionPipeline):
     def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler):
         super().__init__()
         self.register_modules(unet=unet, scheduler=_as_ddpm_scheduler(scheduler))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """`pipeline.scheduler = other` converts a diffusers scheduler as the constructor does."""
+        if name == "scheduler" and isinstance(value, SchedulerMixin):
+            value = _as_ddpm_scheduler(value)
+        super().__setattr__(name, value)
 
     # ---------------------------------------------------------------------------------------------------------
     # Saving and loading
@@ -286,13 +299,14 @@ class DDPMPipeline(DiffusionPipeline):
             timesteps=[t for t, _ in snapshots],
         )
 
-    def _check_images(self, name: str, images: torch.Tensor) -> torch.Tensor:
+    def _check_images(self, name: str, images: torch.Tensor, bounded: bool = True) -> torch.Tensor:
+        """Check a batch of images (N, C, H, W) for this UNet, in [−1, 1] unless `bounded` is False (x_t is not)."""
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ValueError(
                 f"{name} must be a tensor of shape (N, {', '.join(map(str, self.image_shape))}), got {shape}."
             )
-        if images.min() < -1 or images.max() > 1:
+        if bounded and (images.min() < -1 or images.max() > 1):
             raise ValueError(f"{name} must be scaled to [-1, 1].")
         return images.to(device=self._execution_device, dtype=self.unet.dtype)
 
@@ -317,7 +331,9 @@ class DDPMPipeline(DiffusionPipeline):
     ) -> ImagePipelineOutput:
         """Run the reverse process from x_t at `timestep` down to x_0, every step of the trained chain."""
         timestep = self._check_timestep(timestep)
-        image = self._check_images("noisy_images", noisy_images)
+        image = self._check_images("noisy_images", noisy_images, bounded=False)
+        if not torch.isfinite(image).all():
+            raise ValueError("noisy_images must be finite.")
         self._check_call(image.shape[0], generator, output_type)
         self.scheduler.set_timesteps(timesteps=list(range(timestep, -1, -1)))
         return ImagePipelineOutput(images=self._postprocess(self._reverse_process(image, generator), output_type))

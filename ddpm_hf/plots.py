@@ -31,14 +31,17 @@ def save_loss_curve(steps: Sequence[int], losses: Sequence[float], path: Path, t
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4), dpi=120)
-    axis.plot(steps, losses, linewidth=0.8, alpha=0.5 if len(losses) > 20 else 1.0, label="loss")
-    if len(losses) > 20:
-        window = max(len(losses) // 20, 2)
-        smoothed = [
-            sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
-            for i in range(len(losses))
+    smooth = len(losses) >= 100
+    axis.plot(steps, losses, linewidth=0.8, alpha=0.4 if smooth else 1.0, label="loss")
+    if smooth:  # a trailing moving average over 2% of the points
+        window = len(losses) // 50
+        cumulative = [0.0]
+        for value in losses:
+            cumulative.append(cumulative[-1] + value)
+        averaged = [
+            (cumulative[i + 1] - cumulative[max(0, i + 1 - window)]) / min(i + 1, window) for i in range(len(losses))
         ]
-        axis.plot(steps, smoothed, linewidth=1.6, label=f"moving average ({window} points)")
+        axis.plot(steps, averaged, linewidth=1.6, label=f"moving average of {window} points")
         axis.legend()
     if all(value > 0 for value in losses):
         axis.set_yscale("log")

@@ -128,6 +128,7 @@ def train(config: TrainingConfig) -> dict[str, Any]:
     `checkpoints/checkpoint-*`, and the tracker's logs in `logs/`.
     """
     started = time.time()
+    torch.set_flush_denormal(True)  # denormal floats (tiny Adam moments) slow CPU arithmetic down many times over
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,

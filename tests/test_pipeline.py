@@ -108,12 +108,19 @@ def legacy_name(key: str) -> str:
     return f"{match[1]}.{LEGACY_ATTENTION_NAMES[match[2]]}.{match[3]}" if match else key
 
 
-def test_image(seed: int, low: float = -0.5, high: float = 0.5) -> torch.Tensor:
+def make_image(seed: int, low: float = -0.5, high: float = 0.5) -> torch.Tensor:
     """One image x_0 (1, 3, 16, 16) with values in [low, high] ⊂ [−1, 1]."""
     return torch.rand(1, 3, SIZE, SIZE, generator=generator(seed)) * (high - low) + low
 
 
-test_image.__test__ = False  # a helper, not a test
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tensors here are tiny: more threads only add synchronisation, which makes these tests several times
+    slower on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -255,7 +262,7 @@ def test_saved_pipeline_loads_in_plain_diffusers_without_ddpm_hf_and_gives_the_s
     result = subprocess.run(
         [sys.executable, "-c", SAMPLE_WITH_PLAIN_DIFFUSERS, str(saved), "7", "2", str(T), str(out)],
         cwd=tmp_path,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=300,
@@ -405,6 +412,16 @@ class TestUnsafeAndBrokenFolders:
         with pytest.raises(FileNotFoundError, match=SAFETENSORS_FILE):
             ddpm_hf.DDPMPipeline.from_pretrained(saved)
 
+    def test_missing_scheduler_config_is_a_file_not_found_error_naming_it(self, saved):
+        (saved / "scheduler" / "scheduler_config.json").unlink()
+        with pytest.raises(FileNotFoundError, match=re.escape(str(Path("scheduler") / "scheduler_config.json"))):
+            ddpm_hf.DDPMPipeline.from_pretrained(saved)
+
+    def test_unreadable_model_index_is_a_value_error_naming_it(self, saved):
+        (saved / "model_index.json").write_text('{"_class_name": "DDPMPipeline",')
+        with pytest.raises(ValueError, match="model_index.json"):
+            ddpm_hf.DDPMPipeline.from_pretrained(saved)
+
     def test_folder_without_model_index_is_a_file_not_found_error(self, saved):
         """A folder without model_index.json is not a pipeline."""
         (saved / "model_index.json").unlink()
@@ -436,6 +453,19 @@ class TestCall:
         assert isinstance(images, torch.Tensor)
         assert images.shape == (2, 3, SIZE, SIZE)
         assert images.min() >= 0 and images.max() <= 1
+
+    def test_output_is_the_final_sample_mapped_to_the_unit_interval_and_clamped(self, tiny_unet):
+        """Images are (x_0 / 2 + 0.5).clamp(0, 1), even when x_0 leaves [−1, 1] (here: no x̂_0 clipping)."""
+        pipe = quiet(ddpm_hf.DDPMPipeline(tiny_unet, ddpm_hf.DDPMScheduler(num_train_timesteps=T, clip_sample=False)))
+        final = []
+
+        def keep_last(pipeline, i, t, tensors):
+            final[:] = [tensors["image"].clone()]
+            return tensors
+
+        images = pipe(generator=generator(0), num_inference_steps=T, output_type="pt", callback_on_step_end=keep_last)
+        assert final[0].abs().max() > 1  # the premise: the unclipped sample leaves [−1, 1]
+        assert torch.equal(images.images, (final[0] / 2 + 0.5).clamp(0, 1))
 
     def test_output_types_hold_the_same_images(self, pipe):
         """ "np" is "pt" in NHWC order, and "pil" is "np" quantized to 8 bits."""
@@ -489,6 +519,18 @@ class TestCall:
     def test_batch_size_must_be_positive(self, pipe, batch_size):
         with pytest.raises(ValueError, match="batch_size"):
             pipe(batch_size=batch_size, num_inference_steps=T)
+
+    def test_sampling_never_uses_dropout_and_leaves_the_unets_mode_as_it_was(self):
+        """A UNet with dropout left in training mode samples as in eval mode, and is back in training mode after."""
+        torch.manual_seed(0)
+        unet = ddpm_hf.create_unet("ddpm-tiny", dropout=0.5)
+        pipe = quiet(ddpm_hf.DDPMPipeline(unet, ddpm_hf.DDPMScheduler(num_train_timesteps=T)))
+        unet.eval()
+        in_eval = pipe(generator=generator(6), num_inference_steps=T, output_type="pt").images
+        unet.train()
+        in_train = pipe(generator=generator(6), num_inference_steps=T, output_type="pt").images
+        assert unet.training
+        assert torch.equal(in_train, in_eval)
 
     def test_fewer_inference_steps_than_training_steps_give_the_same_images_as_diffusers(self, tiny_unet):
         """10 of 50 steps ("leading" spacing: 45, 40, ..., 0) sample as diffusers samples them."""
@@ -607,14 +649,14 @@ class TestProgressiveGeneration:
 class TestSharedLatentSamples:
     def test_returns_num_samples_images_and_the_shared_x_t(self, pipe):
         samples, x_t = pipe.shared_latent_samples(
-            test_image(0), 1, num_samples=3, generator=generators(1, 2, 3), output_type="pt"
+            make_image(0), 1, num_samples=3, generator=generators(1, 2, 3), output_type="pt"
         )
         assert samples.shape == (3, 3, SIZE, SIZE)
         assert x_t.shape == (1, 3, SIZE, SIZE)
 
     def test_samples_from_a_small_timestep_stay_close_to_the_image(self, pipe):
         """x_1 is barely noised, so both it and the samples decoded from it are close to x_0."""
-        image = test_image(0)
+        image = make_image(0)
         samples, x_t = pipe.shared_latent_samples(
             image, 1, num_samples=3, generator=generators(1, 2, 3), output_type="pt"
         )
@@ -623,7 +665,7 @@ class TestSharedLatentSamples:
         torch.testing.assert_close(samples, target.expand(3, -1, -1, -1), rtol=0, atol=0.15)
 
     def test_different_generators_give_different_samples_and_the_same_ones_repeat_them(self, pipe):
-        image = test_image(0)
+        image = make_image(0)
         first, x_t = pipe.shared_latent_samples(
             image, 1, num_samples=3, generator=generators(1, 2, 3), output_type="pt"
         )
@@ -633,15 +675,10 @@ class TestSharedLatentSamples:
         assert torch.equal(first, again) and torch.equal(x_t, x_t_again)
         assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])
 
-    @pytest.mark.xfail(
-        strict=True,
-        raises=ValueError,
-        reason="BUG: denoise() requires x_t in [-1, 1], but x_t ~ q(x_t | x_0) leaves [-1, 1] for all but tiny t",
-    )
     def test_samples_from_a_large_timestep_differ_between_generators(self, pipe):
         """Fig. 7: from x_t at a large t, samples keep little of the image and differ between generators."""
         samples, _ = pipe.shared_latent_samples(
-            test_image(0), T - 1, num_samples=3, generator=generators(1, 2, 3), output_type="pt"
+            make_image(0), T - 1, num_samples=3, generator=generators(1, 2, 3), output_type="pt"
         )
         assert samples.shape == (3, 3, SIZE, SIZE)
         assert not torch.allclose(samples[0], samples[1], atol=1e-3)
@@ -649,80 +686,82 @@ class TestSharedLatentSamples:
 
 class TestInterpolate:
     def test_returns_one_image_per_lambda(self, pipe):
-        out = pipe.interpolate(test_image(0), test_image(1), 1, lambdas=(0, 0.5, 1), generator=generator(0))
+        out = pipe.interpolate(make_image(0), make_image(1), 1, lambdas=(0, 0.5, 1), generator=generator(0))
         assert len(out.images) == 3
         assert all(image.size == (SIZE, SIZE) for image in out.images)
 
     def test_is_deterministic_given_the_seed(self, pipe):
-        a, b = test_image(0), test_image(1)
+        a, b = make_image(0), make_image(1)
         first = pipe.interpolate(a, b, 1, lambdas=(0, 0.5, 1), generator=generator(0), output_type="pt").images
         again = pipe.interpolate(a, b, 1, lambdas=(0, 0.5, 1), generator=generator(0), output_type="pt").images
         assert torch.equal(first, again)
 
     def test_endpoints_differ_when_the_images_differ(self, pipe):
         images = pipe.interpolate(
-            test_image(0), test_image(1), 1, lambdas=(0, 1), generator=generator(0), output_type="pt"
+            make_image(0), make_image(1), 1, lambdas=(0, 1), generator=generator(0), output_type="pt"
         ).images
         assert not torch.allclose(images[0], images[1], atol=1e-2)
 
     def test_lambda_zero_decodes_image_a_alone(self, pipe):
         """At λ = 0 the output does not depend on image_b; at λ = 1 it does."""
-        a = test_image(0)
-        with_b = pipe.interpolate(a, test_image(1), 1, lambdas=(0, 1), generator=generator(0), output_type="pt")
-        with_c = pipe.interpolate(a, test_image(2), 1, lambdas=(0, 1), generator=generator(0), output_type="pt")
+        a = make_image(0)
+        with_b = pipe.interpolate(a, make_image(1), 1, lambdas=(0, 1), generator=generator(0), output_type="pt")
+        with_c = pipe.interpolate(a, make_image(2), 1, lambdas=(0, 1), generator=generator(0), output_type="pt")
         torch.testing.assert_close(with_b.images[0], with_c.images[0], rtol=0, atol=1e-6)
         assert not torch.allclose(with_b.images[1], with_c.images[1], atol=1e-2)
 
     def test_the_reverse_noise_is_the_same_for_every_lambda(self, pipe):
         """The noise is fixed across λ (Appendix, Fig. 8), so equal λs give equal images."""
         images = pipe.interpolate(
-            test_image(0), test_image(1), 1, lambdas=(0.3, 0.3), generator=generator(0), output_type="pt"
+            make_image(0), make_image(1), 1, lambdas=(0.3, 0.3), generator=generator(0), output_type="pt"
         ).images
         assert torch.equal(images[0], images[1])
 
-    @pytest.mark.xfail(
-        strict=True,
-        raises=ValueError,
-        reason="BUG: denoise() requires x_t in [-1, 1], but x_t ~ q(x_t | x_0) leaves [-1, 1] for all but tiny t",
-    )
     def test_interpolates_at_the_papers_timestep(self, pipe):
         """Fig. 8 mixes x_t at t = 500 of 1000, i.e. half the chain."""
-        out = pipe.interpolate(test_image(0), test_image(1), T // 2, lambdas=(0, 0.5, 1), generator=generator(0))
+        out = pipe.interpolate(make_image(0), make_image(1), T // 2, lambdas=(0, 0.5, 1), generator=generator(0))
         assert len(out.images) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG: denoise() requires x_t in [-1, 1], but x_t ~ q(x_t | x_0) leaves [-1, 1] for all but tiny t",
-)
 def test_denoise_accepts_a_genuine_noisy_image(pipe):
     """`denoise` runs the reverse process from any x_t ~ q(x_t | x_0), whose values are not bounded by 1."""
-    x_0 = test_image(0)
+    x_0 = make_image(0)
     x_t = pipe.scheduler.add_noise(x_0, torch.randn(x_0.shape, generator=generator(0)), torch.tensor([T - 1]))
     assert x_t.abs().max() > 1
     images = pipe.denoise(x_t, T - 1, generator=generator(1), output_type="pt").images
     assert images.shape == (1, 3, SIZE, SIZE)
 
 
+SHAPE, ONE_IMAGE, RANGE, TIMESTEP, LAMBDAS = "shape", "exactly one image", r"\[-1, 1\]", "timestep", "lambdas"
 BAD_FIGURE_CALLS = {
-    "shared-image-of-wrong-size": lambda pipe: pipe.shared_latent_samples(test_image(0)[:, :, :8, :8], 1),
-    "shared-image-without-batch-dimension": lambda pipe: pipe.shared_latent_samples(test_image(0)[0], 1),
-    "shared-two-images": lambda pipe: pipe.shared_latent_samples(torch.cat([test_image(0), test_image(1)]), 1),
-    "shared-image-above-one": lambda pipe: pipe.shared_latent_samples(test_image(0, 0.5, 1.5), 1),
-    "shared-image-below-minus-one": lambda pipe: pipe.shared_latent_samples(test_image(0, -1.5, 0.5), 1),
-    "shared-timestep-negative": lambda pipe: pipe.shared_latent_samples(test_image(0), -1),
-    "shared-timestep-T": lambda pipe: pipe.shared_latent_samples(test_image(0), T),
-    "interpolate-image-of-wrong-size": lambda pipe: pipe.interpolate(test_image(0)[:, :1], test_image(1), 1),
-    "interpolate-image-above-one": lambda pipe: pipe.interpolate(test_image(0), test_image(1, 0.5, 1.5), 1),
-    "interpolate-timestep-T": lambda pipe: pipe.interpolate(test_image(0), test_image(1), T),
-    "interpolate-timestep-negative": lambda pipe: pipe.interpolate(test_image(0), test_image(1), -1),
-    "interpolate-empty-lambdas": lambda pipe: pipe.interpolate(test_image(0), test_image(1), 1, lambdas=()),
+    "shared-image-of-wrong-size": (lambda p: p.shared_latent_samples(make_image(0)[:, :, :8, :8], 1), SHAPE),
+    "shared-image-without-batch-dimension": (lambda p: p.shared_latent_samples(make_image(0)[0], 1), SHAPE),
+    "shared-two-images": (lambda p: p.shared_latent_samples(torch.cat([make_image(0), make_image(1)]), 1), ONE_IMAGE),
+    "shared-image-above-one": (lambda p: p.shared_latent_samples(make_image(0, 0.5, 1.5), 1), RANGE),
+    "shared-image-below-minus-one": (lambda p: p.shared_latent_samples(make_image(0, -1.5, 0.5), 1), RANGE),
+    "shared-timestep-negative": (lambda p: p.shared_latent_samples(make_image(0), -1), TIMESTEP),
+    "shared-timestep-T": (lambda p: p.shared_latent_samples(make_image(0), T), TIMESTEP),
+    "interpolate-image-of-wrong-size": (lambda p: p.interpolate(make_image(0)[:, :1], make_image(1), 1), SHAPE),
+    "interpolate-image-above-one": (lambda p: p.interpolate(make_image(0), make_image(1, 0.5, 1.5), 1), RANGE),
+    "interpolate-timestep-T": (lambda p: p.interpolate(make_image(0), make_image(1), T), TIMESTEP),
+    "interpolate-timestep-negative": (lambda p: p.interpolate(make_image(0), make_image(1), -1), TIMESTEP),
+    "interpolate-empty-lambdas": (lambda p: p.interpolate(make_image(0), make_image(1), 1, lambdas=()), LAMBDAS),
 }
 
 
-@pytest.mark.parametrize("call", list(BAD_FIGURE_CALLS.values()), ids=list(BAD_FIGURE_CALLS))
-def test_figure_methods_reject_bad_inputs_with_a_value_error(pipe, call):
+@pytest.mark.parametrize(("call", "message"), list(BAD_FIGURE_CALLS.values()), ids=list(BAD_FIGURE_CALLS))
+def test_figure_methods_reject_bad_inputs_with_a_value_error(pipe, call, message):
     """Images of the wrong shape or outside [−1, 1], timesteps outside [0, T) and empty lambdas are refused."""
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         call(pipe)
+
+
+def test_assigning_a_diffusers_scheduler_converts_it(tiny_unet):
+    """`pipeline.scheduler = ...`, the diffusers way to swap schedulers, gives a ddpm_hf.DDPMScheduler too."""
+    pipeline = ddpm_hf.DDPMPipeline(tiny_unet, ddpm_hf.DDPMScheduler(num_train_timesteps=20))
+    pipeline.scheduler = diffusers.DDPMScheduler(num_train_timesteps=20, variance_type="fixed_large")
+    assert isinstance(pipeline.scheduler, ddpm_hf.DDPMScheduler)
+    assert pipeline.scheduler.config.variance_type == "fixed_large"
+    assert pipeline.config.scheduler == ("diffusers", "DDPMScheduler")
+    pipeline.set_progress_bar_config(disable=True)
+    assert pipeline(num_inference_steps=3, output_type="np").images.shape == (1, 16, 16, 3)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import time
 
@@ -12,6 +11,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from ddpm_hf.shapes import (
+    BACKGROUND,
     MIN_COLOR_DISTANCE,
     PALETTE,
     SHAPES,
@@ -71,32 +71,34 @@ def test_dataset_holds_the_three_shapes_equally_often_in_a_shuffled_order():
     assert labels[:30] != [i % 3 for i in range(30)]
 
 
-def test_every_image_is_two_distant_palette_colours_with_a_background_border(dataset):
+def test_every_image_is_a_palette_shape_on_the_dark_background_with_a_background_border(dataset):
     images = _arrays(dataset)
     size = images.shape[1]
-    palette = {tuple(color) for color in PALETTE}
+    palette = {tuple(color) for color in PALETTE} | {BACKGROUND}
     for image in images:
         colors, counts = np.unique(image.reshape(-1, 3), axis=0, return_counts=True)
         assert len(colors) == 2
         assert {tuple(int(v) for v in color) for color in colors} <= palette
         assert np.linalg.norm(colors[0].astype(float) - colors[1]) >= MIN_COLOR_DISTANCE
         background = image[0, 0]
+        assert tuple(int(v) for v in background) == BACKGROUND
         shape = np.any(image != background, axis=-1)
         assert not shape[:2].any() and not shape[-2:].any() and not shape[:, :2].any() and not shape[:, -2:].any()
         height, width = np.ptp(np.flatnonzero(shape.any(axis=1))) + 1, np.ptp(np.flatnonzero(shape.any(axis=0))) + 1
-        assert height == width and 0.4 * size <= height <= 0.7 * size
+        assert height == width and 0.5 * size <= height <= 0.75 * size
 
 
 def test_dataset_colours_sizes_and_positions_vary(dataset):
     images = _arrays(dataset)
-    backgrounds = {tuple(image[0, 0]) for image in images}
+    colours = {tuple(image[np.any(image != image[0, 0], axis=-1)][0]) for image in images}  # a shape pixel
     areas = {int(np.any(image != image[0, 0], axis=-1).sum()) for image in images}
-    assert len(backgrounds) == len(PALETTE) and len(areas) > 10
-    assert len({image.tobytes() for image in images}) >= 0.95 * len(images)
+    assert len(colours) == len(PALETTE) and len(areas) > 10
+    # A small distribution (at 16 px: 3 shapes × 6 colours × 55 size-position pairs), but far from a few images.
+    assert len({image.tobytes() for image in images}) >= 0.6 * len(images)
 
 
 def test_palette_colours_are_far_apart():
-    distances = [np.linalg.norm(np.subtract(a, b)) for a, b in itertools.combinations(PALETTE, 2)]
+    distances = [np.linalg.norm(np.subtract(a, b)) for a, b in itertools.combinations((*PALETTE, BACKGROUND), 2)]
     assert min(distances) >= MIN_COLOR_DISTANCE
 
 
@@ -245,11 +247,9 @@ def test_tolerances_are_keyword_arguments_that_matter(dataset):
     assert detect_shape(square, min_size=0.75) is None
 
 
-def test_detect_shape_and_diagnose_shape_share_their_defaults():
-    detect, diagnose = inspect.signature(detect_shape).parameters, inspect.signature(diagnose_shape).parameters
-    assert list(detect) == list(diagnose)
-    assert all(detect[name].default == diagnose[name].default for name in detect)
-    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for name, p in detect.items() if name != "image")
+def test_unknown_tolerances_are_refused():
+    with pytest.raises(TypeError):
+        detect_shape(_canvas(32, PALETTE[2]), min_iou_typo=0.5)
 
 
 def test_diagnose_shape_says_why():

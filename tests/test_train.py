@@ -46,8 +46,11 @@ def accelerate_command(num_processes: int, *arguments: str) -> list[str]:
     ]  # fmt: skip
 
 
-def run(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+def run(command: list[str], timeout: float = 300, threads: int | None = 1) -> subprocess.CompletedProcess:
+    """Run a command; one thread per process unless `threads` is None (torch's default: all cores)."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONUNBUFFERED": "1"}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -188,12 +191,40 @@ def test_the_command_line_help_lists_the_options():
     assert run(["ddpm-hf"]).returncode == 2
 
 
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["--loss-type", "vlb", "--variance-type", "learned_range"],  # Table 2: the true bound, learned Σ
+        ["--prediction-type", "mean", "--loss-type", "vlb"],  # Table 2: μ̃-prediction
+        ["--mixed-precision", "bf16", "--unet", "{tmp}/unet_config.json"],  # a UNet config file, bf16 autocast
+    ],
+    ids=["vlb-learned-range", "mean-prediction", "bf16-unet-config-file"],
+)
+def test_the_papers_other_objectives_precision_and_unet_files_train(tmp_path, arguments):
+    from ddpm_hf import create_unet
+
+    create_unet("ddpm-tiny", block_out_channels=(16, 16)).save_config(tmp_path)
+    (tmp_path / "config.json").rename(tmp_path / "unet_config.json")
+    arguments = [a.replace("{tmp}", str(tmp_path)) for a in arguments]
+    result = run(train_command(*TINY, "--max-train-steps", "3", "--output-dir", str(tmp_path / "out"), *arguments))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert all(row["loss"] > 0 for row in metrics(tmp_path / "out"))
+    from ddpm_hf import DDPMPipeline
+
+    pipeline = DDPMPipeline.from_pretrained(tmp_path / "out" / "pipeline")
+    pipeline.set_progress_bar_config(disable=True)
+    image = pipeline(num_inference_steps=5, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 16, 16, 3) and (image >= 0).all() and (image <= 1).all()
+    if "learned_range" in arguments:
+        assert pipeline.unet.config.out_channels == 6
+
+
 @pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory) -> Path:
     """`ddpm-hf train` as the README runs it (the quickstart preset on the built-in shapes), shortened a little."""
     output_dir = tmp_path_factory.mktemp("quickstart")
     result = run(["ddpm-hf", "train", "--output-dir", str(output_dir), "--max-train-steps", "1200",
-                  "--sample-inference-steps", "100", "--report-to", "tensorboard"], timeout=900)  # fmt: skip
+                  "--sample-inference-steps", "100", "--report-to", "tensorboard"], timeout=900, threads=None)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return output_dir
 
