@@ -223,8 +223,9 @@ def test_the_papers_other_objectives_precision_and_unet_files_train(tmp_path, ar
 def quickstart_run(tmp_path_factory) -> Path:
     """`ddpm-hf train` as the README runs it (the quickstart preset on the built-in shapes), shortened a little."""
     output_dir = tmp_path_factory.mktemp("quickstart")
-    result = run(["ddpm-hf", "train", "--output-dir", str(output_dir), "--max-train-steps", "1200",
-                  "--sample-inference-steps", "100", "--report-to", "tensorboard"], timeout=900, threads=None)  # fmt: skip
+    command = ["ddpm-hf", "train", "--output-dir", str(output_dir), "--max-train-steps", "1200",
+               "--sample-inference-steps", "100", "--report-to", "tensorboard"]  # fmt: skip
+    result = run(command, timeout=900, threads=None)
     assert result.returncode == 0, result.stderr[-3000:]
     return output_dir
 
