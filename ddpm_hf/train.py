@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
@@ -214,8 +215,6 @@ def train(config: TrainingConfig) -> dict[str, Any]:
         grid = save_image_grid(samples, output_dir / "samples" / f"step-{step:07d}.png")
         grid.save(output_dir / "samples.png")
         if config.report_to in ("tensorboard", "all"):
-            import numpy as np
-
             writer = accelerator.get_tracker("tensorboard", unwrap=True)
             writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
 

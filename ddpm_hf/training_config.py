@@ -152,7 +152,7 @@ TRAINING_PRESETS: dict[str, dict[str, Any]] = {
         "unet": "ddpm-small",
         "resolution": 16,
         "train_batch_size": 64,
-        "max_train_steps": 1500,
+        "max_train_steps": 1200,
         "learning_rate": 1e-3,
         "lr_warmup_steps": 100,
         "ema_decay": 0.995,
