@@ -1,5 +1,6 @@
 """ddpm-hf: Denoising Diffusion Probabilistic Models (Ho, Jain, Abbeel 2020) for the Hugging Face ecosystem."""
 
+from .metrics import VariationalBound, bits_per_dim, frechet_distance, inception_score, variational_bound
 from .pipeline import DDPMPipeline, ProgressiveGenerationOutput
 from .scheduler import DDPMScheduler, DDPMSchedulerOutput, ModelPrediction
 from .unet import PRESETS, create_unet, unet_config
@@ -13,6 +14,11 @@ __all__ = [
     "ModelPrediction",
     "PRESETS",
     "ProgressiveGenerationOutput",
+    "VariationalBound",
+    "bits_per_dim",
     "create_unet",
+    "frechet_distance",
+    "inception_score",
     "unet_config",
+    "variational_bound",
 ]
