@@ -19,12 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Each command parses its own options (so that `ddpm-hf train --help` lists them).
     commands.add_parser("train", add_help=False, help="train a DDPM with Accelerate (`ddpm-hf train --help`)")
+    commands.add_parser("sample", add_help=False, help="draw samples to PNG files (`ddpm-hf sample --help`)")
     arguments, rest = parser.parse_known_args(argv)
     if arguments.command == "train":
         from .train import run_training
 
         return run_training(rest, prog="ddpm-hf train")
-    return 2
+    from .sampling import main as sample
+
+    return sample(rest, prog="ddpm-hf sample")
 
 
 if __name__ == "__main__":

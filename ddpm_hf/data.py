@@ -16,7 +16,6 @@ device (`to_model_input`). Bad data fails here, before training starts, with the
 
 from __future__ import annotations
 
-import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,8 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
+from .seeding import stream_seed
+
 __all__ = [
     "ImageData",
     "load_image_dataset",
@@ -35,7 +36,6 @@ __all__ = [
     "decode_images",
     "load_training_images",
     "to_model_input",
-    "stream_seed",
     "global_batch_indices",
 ]
 
@@ -226,12 +226,6 @@ def to_model_input(images: torch.Tensor, flip: torch.Tensor | None = None) -> to
     if flip is not None:
         x = torch.where(flip.reshape(-1, 1, 1, 1), x.flip(-1), x)
     return x
-
-
-def stream_seed(seed: int, *keys: int) -> int:
-    """A 63-bit seed for the random stream named by `keys` (an epoch, a step, a rank) of a run seeded with `seed`."""
-    digest = hashlib.blake2b(repr((seed, *keys)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 def _epoch_permutation(num_images: int, seed: int, epoch: int) -> torch.Tensor:

@@ -35,11 +35,12 @@ from diffusers import UNet2DModel
 from tqdm.auto import tqdm
 
 from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
-from .data import global_batch_indices, load_training_images, stream_seed, to_model_input
+from .data import global_batch_indices, load_training_images, to_model_input
 from .ema import ExponentialMovingAverage
 from .pipeline import DDPMPipeline
 from .plots import save_image_grid, save_loss_curve
 from .scheduler import DDPMScheduler
+from .seeding import stream_seed
 from .training_config import TrainingConfig, parse_training_config
 from .unet import PRESETS as UNET_PRESETS
 from .unet import unet_config
