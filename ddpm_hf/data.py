@@ -60,7 +60,15 @@ class ImageData:
 
 
 def _is_image_folder(path: Path) -> bool:
-    return any(p.suffix.lower() in _IMAGE_SUFFIXES for p in path.rglob("*") if p.is_file())
+    """A folder of loose image files (for the `imagefolder` builder), not one of tabular data files that
+    `load_dataset` reads: one scan of the tree decides."""
+    data_suffixes = {".parquet", ".arrow", ".csv", ".json", ".jsonl"}
+    has_images = False
+    for file in path.rglob("*"):
+        if file.suffix.lower() in data_suffixes and file.name != "metadata.jsonl":
+            return False
+        has_images = has_images or file.suffix.lower() in _IMAGE_SUFFIXES
+    return has_images
 
 
 def load_image_dataset(
@@ -83,7 +91,7 @@ def load_image_dataset(
                 if split not in loaded:
                     raise ValueError(f"Dataset {source!r} has no split {split!r}; its splits are {sorted(loaded)}.")
                 loaded = loaded[split]
-        elif path.is_dir() and not _has_data_files(path) and _is_image_folder(path):
+        elif path.is_dir() and _is_image_folder(path):
             loaded = datasets.load_dataset("imagefolder", data_dir=str(path), split=split, cache_dir=cache_dir)
         else:
             loaded = datasets.load_dataset(source, split=split, cache_dir=cache_dir)
@@ -104,12 +112,6 @@ def load_image_dataset(
     if len(loaded) == 0:
         raise ValueError(f"Split {split!r} of dataset {source!r} is empty.")
     return loaded
-
-
-def _has_data_files(path: Path) -> bool:
-    """Whether a folder holds tabular data files that `load_dataset` should read rather than loose images."""
-    suffixes = {".parquet", ".arrow", ".csv", ".json", ".jsonl"}
-    return any(p.suffix in suffixes for p in path.rglob("*") if p.is_file() and p.name != "metadata.jsonl")
 
 
 def find_image_column(features: datasets.Features, requested: str | None = None) -> str:

@@ -18,7 +18,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import PIL.Image
 import torch
 
@@ -30,8 +29,7 @@ __all__ = ["write_figures", "main"]
 
 def _pil(images: torch.Tensor) -> list[PIL.Image.Image]:
     """Images in [0, 1] (N, C, H, W) to PIL images."""
-    arrays = (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().float().numpy() * 255).round().astype(np.uint8)
-    return [PIL.Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a) for a in arrays]
+    return DDPMPipeline.numpy_to_pil(images.clamp(0, 1).permute(0, 2, 3, 1).cpu().float().numpy())
 
 
 def write_figures(

@@ -116,7 +116,7 @@ def bits_per_dim(
 
 def feature_statistics(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """The mean and the (unbiased) covariance of N feature vectors (N, D), in float64, as pytorch-fid computes them."""
-    features = np.asarray(features.cpu() if isinstance(features, torch.Tensor) else features, dtype=np.float64)
+    features = torch.as_tensor(features).cpu().double().numpy()
     if features.ndim != 2 or features.shape[0] < 2:
         raise ValueError(f"features must be an (N, D) array with N ≥ 2, got shape {features.shape}.")
     return features.mean(axis=0), np.cov(features, rowvar=False)
@@ -146,9 +146,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 def inception_score(logits: np.ndarray | torch.Tensor, splits: int = 10) -> tuple[float, float]:
     """exp E_x KL(p(y | x) ‖ p(y)) from classifier logits (N, classes), as the mean and standard deviation over
     `splits` equal parts (the convention of Salimans et al. 2016: 10 splits of 50,000 samples)."""
-    logits = torch.as_tensor(
-        np.asarray(logits.cpu() if isinstance(logits, torch.Tensor) else logits), dtype=torch.float64
-    )
+    logits = torch.as_tensor(logits).cpu().double()
     if logits.ndim != 2 or logits.shape[0] < splits or splits < 1:
         raise ValueError(f"logits must be (N, classes) with N ≥ splits = {splits}, got shape {tuple(logits.shape)}.")
     log_p = torch.log_softmax(logits, dim=1)

@@ -39,9 +39,9 @@ def _image_path(folder: Path, index: int) -> Path:
     return folder / f"{index:06d}.png"
 
 
-def _write_png(image: np.ndarray, path: Path) -> None:
+def _write_png(image: PIL.Image.Image, path: Path) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
-    PIL.Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(temporary, format="PNG")
+    image.save(temporary, format="PNG")
     os.replace(temporary, path)
 
 
@@ -79,10 +79,8 @@ def generate_samples(
     for start in range(0, len(mine), batch_size):
         indices = mine[start : start + batch_size]
         generators = [torch.Generator(device).manual_seed(sample_seed(seed, i)) for i in indices]
-        images = pipeline(
-            len(indices), generator=generators, num_inference_steps=steps, respace=respace, output_type="np"
-        ).images
-        for index, image in zip(indices, (images * 255).round().astype(np.uint8), strict=True):
+        images = pipeline(len(indices), generator=generators, num_inference_steps=steps, respace=respace).images
+        for index, image in zip(indices, images, strict=True):
             _write_png(image, _image_path(folder, index))
         progress.update(len(indices))
     progress.close()

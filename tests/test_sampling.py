@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 
 import numpy as np
 import pytest
+from processes import accelerate_launch
 
 from ddpm_hf import DDPMPipeline, DDPMScheduler
 from ddpm_hf.sampling import generate_samples, load_samples, samples_to_npz
@@ -56,12 +55,6 @@ def test_npz_packing_and_missing_samples(pipeline, tmp_path):
         load_samples(tmp_path / "s", 3)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_one_and_two_processes_draw_the_same_images(pipeline, tmp_path):
     pipeline.save_pretrained(tmp_path / "pipeline")
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
@@ -69,11 +62,18 @@ def test_one_and_two_processes_draw_the_same_images(pipeline, tmp_path):
     one = subprocess.run(["ddpm-hf", "sample", *common, "--output-dir", str(tmp_path / "one"), "--batch-size", "4"],
                          capture_output=True, text=True, env=env)  # fmt: skip
     assert one.returncode == 0, one.stderr[-2000:]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(free_port()), "-m", "ddpm_hf.sampling"]  # fmt: skip
-    two = subprocess.run([*launch, *common, "--output-dir", str(tmp_path / "two"), "--batch-size", "2",
-                          "--npz", str(tmp_path / "two.npz")], capture_output=True, text=True, env=env)  # fmt: skip
+    two_arguments = [
+        *common,
+        "--output-dir",
+        str(tmp_path / "two"),
+        "--batch-size",
+        "2",
+        "--npz",
+        str(tmp_path / "two.npz"),
+    ]
+    two = subprocess.run(
+        accelerate_launch(2, "ddpm_hf.sampling", *two_arguments), capture_output=True, text=True, env=env
+    )
     assert two.returncode == 0, two.stderr[-2000:]
     assert np.array_equal(load_samples(tmp_path / "one", 6), load_samples(tmp_path / "two", 6))
     assert np.array_equal(np.load(tmp_path / "two.npz")["arr_0"], load_samples(tmp_path / "one", 6))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import diffusers
 import pytest
 import torch
+from processes import accelerate_launch
 from safetensors.torch import load_file
 
 from ddpm_hf.shapes import detection_rate
@@ -31,19 +31,8 @@ def train_command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "ddpm_hf.train", *arguments]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def accelerate_command(num_processes: int, *arguments: str) -> list[str]:
-    """`accelerate launch` of several CPU processes (gloo): torchrun's launcher, with Accelerate told to use the CPU."""
-    return [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), "-m", "ddpm_hf.train", *arguments,
-    ]  # fmt: skip
+    return accelerate_launch(num_processes, "ddpm_hf.train", *arguments)
 
 
 def run(command: list[str], timeout: float = 300, threads: int | None = 1) -> subprocess.CompletedProcess:
