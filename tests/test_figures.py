@@ -39,3 +39,14 @@ def test_the_command_draws_figures_from_dataset_images(tiny_unet, tmp_path, caps
 def test_a_missing_pipeline_is_a_clear_error(tmp_path, capsys):
     assert cli(["figures", str(tmp_path / "none"), "--output-dir", str(tmp_path / "f")]) == 1
     assert "error" in capsys.readouterr().err
+
+
+def test_a_dataset_of_one_image_is_refused_for_figures_7_and_8(tiny_unet, tmp_path, capsys):
+    DDPMPipeline(tiny_unet, DDPMScheduler(num_train_timesteps=4)).save_pretrained(tmp_path / "pipeline")
+    (tmp_path / "data").mkdir()
+    datasets.Dataset.from_dict({"img": [PIL.Image.new("RGB", (16, 16))]}).cast_column(
+        "img", datasets.Image()
+    ).to_parquet(tmp_path / "data" / "test-00000-of-00001.parquet")
+    status = cli(["figures", str(tmp_path / "pipeline"), "--output-dir", str(tmp_path / "figures"),
+                  "--dataset", str(tmp_path / "data"), "--num-samples", "1"])  # fmt: skip
+    assert status == 1 and "at least two images" in capsys.readouterr().err
