@@ -127,13 +127,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m ddpm_hf.sampling"
     parser.add_argument("--npz", type=Path, default=None, help="also pack the samples into this .npz")
     arguments = parser.parse_args(argv)
 
-    from accelerate import PartialState
+    from accelerate import Accelerator
 
-    state = PartialState()
+    state = Accelerator()  # unlike a bare PartialState, it reads `accelerate launch`'s settings (--cpu) as well
     try:
         pipeline = DDPMPipeline.from_pretrained(arguments.pipeline).to(state.device)
         pipeline.set_progress_bar_config(disable=True)
-        generate_samples(
+        drawn = generate_samples(
             pipeline,
             arguments.num_samples,
             arguments.output_dir,
@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ddpm_hf.sampling"
             num_processes=state.num_processes,
             show_progress=state.is_main_process,
         )
+        print(f"process {state.process_index}/{state.num_processes}: drew {len(drawn)} images", flush=True)
         state.wait_for_everyone()
         if arguments.npz is not None and state.is_main_process:
             samples_to_npz(arguments.output_dir, arguments.num_samples, arguments.npz)

@@ -75,6 +75,7 @@ def test_one_and_two_processes_draw_the_same_images(pipeline, tmp_path):
         accelerate_launch(2, "ddpm_hf.sampling", *two_arguments), capture_output=True, text=True, env=env
     )
     assert two.returncode == 0, two.stderr[-2000:]
+    assert "process 0/2: drew 3 images" in two.stdout and "process 1/2: drew 3 images" in two.stdout  # split
     assert np.array_equal(load_samples(tmp_path / "one", 6), load_samples(tmp_path / "two", 6))
     assert np.array_equal(np.load(tmp_path / "two.npz")["arr_0"], load_samples(tmp_path / "one", 6))
 
