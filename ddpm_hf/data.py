@@ -2,7 +2,8 @@
 
 Sources, by what `source` names:
 
-* nothing (None): the built-in dataset of coloured shapes (`ddpm_hf.shapes`), generated on the spot, no network;
+* nothing (None) or `"builtin:shapes"`: the built-in dataset of coloured shapes (`ddpm_hf.shapes`), generated on the
+  spot, no network;
 * a folder written by `Dataset.save_to_disk`;
 * a folder of image files (read with the `imagefolder` builder);
 * any other folder or a Hub name (`uoft-cs/cifar10`, `nielsr/CelebA-faces`, `../shared/data/cifar10`), read with
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 from .seeding import stream_seed
 
 __all__ = [
+    "BUILTIN_SHAPES",
     "ImageData",
     "load_image_dataset",
     "find_image_column",
@@ -39,6 +41,7 @@ __all__ = [
     "global_batch_indices",
 ]
 
+BUILTIN_SHAPES = "builtin:shapes"  # the name of the built-in dataset (`ddpm_hf.shapes`), also `source=None`
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -79,7 +82,7 @@ def load_image_dataset(
     Raises:
         ValueError: the dataset does not exist, has no split `split` (the available ones are listed), or is empty.
     """
-    if source is None:
+    if source is None or source == BUILTIN_SHAPES:
         from .shapes import make_shapes_dataset
 
         return make_shapes_dataset(image_size=image_size)
@@ -219,7 +222,7 @@ def load_training_images(
     dataset = load_image_dataset(source, split=split, image_size=resolution, cache_dir=cache_dir)
     column = find_image_column(dataset.features, image_column)
     images = decode_images(dataset, column, resolution, channels, center_crop, show_progress)
-    return ImageData(images=images, source=source or "builtin:shapes", split=split, column=column)
+    return ImageData(images=images, source=source or BUILTIN_SHAPES, split=split, column=column)
 
 
 def to_model_input(images: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Tensor:

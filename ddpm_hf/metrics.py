@@ -82,8 +82,27 @@ def variational_bound(
         images: x_0, a batch (B, C, H, W) in [−1, 1] on the 8-bit grid.
         generator: the source of the noise of each x_t ~ q(x_t | x_0); a list gives one per image.
         show_progress: a progress bar over the T timesteps.
+
+    A network in training mode is evaluated in evaluation mode (no dropout), then put back.
     """
     _check_8bit_images(images)
+    training = getattr(unet, "training", False)
+    if training:  # dropout off: the bound of the network itself
+        unet.eval()
+    try:
+        return _variational_bound(unet, scheduler, images, generator, show_progress)
+    finally:
+        if training:
+            unet.train()
+
+
+def _variational_bound(
+    unet: Callable,
+    scheduler: DDPMScheduler,
+    images: torch.Tensor,
+    generator: torch.Generator | list[torch.Generator] | None,
+    show_progress: bool,
+) -> VariationalBound:
     x_0 = images.double()
     device, dtype = images.device, getattr(unet, "dtype", torch.float32)  # the network's own precision
     batch = images.shape[0]

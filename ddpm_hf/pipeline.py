@@ -10,6 +10,7 @@ computes the paper's bound.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 
-from .hub import check_pipeline_folder
+from .hub import check_pipeline_folder, download_pipeline
+from .hub import push_to_hub as push_folder_to_hub
 from .scheduler import DDPMScheduler
 
 __all__ = ["DDPMPipeline", "ProgressiveGenerationOutput", "OUTPUT_TYPES"]
@@ -31,6 +33,8 @@ __all__ = ["DDPMPipeline", "ProgressiveGenerationOutput", "OUTPUT_TYPES"]
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+# `from_pretrained` arguments that say how to download a repo id (the others are diffusers' loading arguments).
+_DOWNLOAD_ARGUMENTS = ("revision", "cache_dir", "local_files_only", "token", "force_download")
 Images = list[PIL.Image.Image] | np.ndarray | torch.Tensor
 Generators = torch.Generator | list[torch.Generator] | None
 StepCallback = Callable[["DDPMPipeline", int, int, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
@@ -120,23 +124,77 @@ class DDPMPipeline(DiffusionPipeline):
         weights at the root) load. Weights must be safetensors unless `allow_pickle=True` is passed: pickle files
         can run arbitrary code when loaded, so only allow them for files you trust.
 
+        A repo id is downloaded through the Hub cache (see `ddpm_hf.hub.download_pipeline`): configurations and
+        safetensors weights only (pickle files too with `allow_pickle=True`), from the cache alone when offline
+        (`HF_HUB_OFFLINE=1` or `local_files_only=True`).
+
         Args:
             pretrained_model_name_or_path: a local folder or a Hub repo id such as `"google/ddpm-cifar10-32"`.
             allow_pickle: also accept `.bin` (pickle) weights when no safetensors file is present.
-            **kwargs: anything `diffusers.DiffusionPipeline.from_pretrained` takes (`revision`, `cache_dir`,
-                `local_files_only`, `torch_dtype`, ...).
+            **kwargs: `revision`, `cache_dir`, `local_files_only`, `token`, `force_download` for a repo id, and
+                anything else `diffusers.DiffusionPipeline.from_pretrained` takes (`torch_dtype`, ...).
 
         Raises:
             FileNotFoundError: a local folder without a pipeline or without weights (the message names the file).
             ValueError: pickle weights without `allow_pickle=True`, or a corrupt weights file (named).
+            huggingface_hub.errors.RepositoryNotFoundError, RevisionNotFoundError: no such repo or revision (named).
         """
         if kwargs.get("use_safetensors") is False and not allow_pickle:
             raise ValueError("use_safetensors=False loads pickle weights; pass allow_pickle=True as well to allow it.")
         if not allow_pickle:
             kwargs["use_safetensors"] = True
-        if Path(pretrained_model_name_or_path).is_dir():
-            check_pipeline_folder(Path(pretrained_model_name_or_path), allow_pickle=allow_pickle)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        folder = Path(pretrained_model_name_or_path)
+        if folder.is_dir():
+            check_pipeline_folder(folder, allow_pickle=allow_pickle)
+        else:
+            if kwargs.pop("proxies", None) is not None:
+                raise ValueError("proxies is not supported: set the HTTPS_PROXY environment variable instead.")
+            download = {name: kwargs.pop(name) for name in _DOWNLOAD_ARGUMENTS if name in kwargs}
+            folder = download_pipeline(str(pretrained_model_name_or_path), allow_pickle=allow_pickle, **download)
+        return super().from_pretrained(folder, **kwargs)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+        safe_serialization: bool = True,
+        *,
+        revision: str | None = None,
+    ) -> str:
+        """Save the pipeline (safetensors) and push it to the Hub repo `repo_id` with a model card.
+
+        The card describes the pipeline from its configuration (see `ddpm_hf.hub.push_to_hub`, which also pushes a
+        training run's summary, evaluation and sample grid). The repo is created if needed; `private` applies to a
+        new repo. The token defaults to `HF_TOKEN` or the one saved by `hf auth login`.
+
+        Args:
+            repo_id: "user/name" or "org/name".
+            commit_message: default "Upload DDPM pipeline with ddpm-hf".
+            private: create the repo as private.
+            token: a token with write access.
+            create_pr: open a pull request instead of committing to the branch.
+            safe_serialization: must be True (weights are safetensors only).
+            revision: the branch to push to (created if missing); default main.
+
+        Returns:
+            The commit URL (a `huggingface_hub.CommitInfo`, with `.oid` and `.pr_url`).
+        """
+        if not safe_serialization:
+            raise ValueError("ddpm_hf pushes weights as safetensors only; safe_serialization=False is not supported.")
+        with tempfile.TemporaryDirectory(prefix="ddpm-hf-push-") as folder:
+            self.save_pretrained(folder)
+            return push_folder_to_hub(
+                folder,
+                repo_id,
+                token=token,
+                private=private,
+                revision=revision,
+                commit_message=commit_message,
+                create_pr=create_pr,
+            )
 
     # ---------------------------------------------------------------------------------------------------------
     # Sampling

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 from .pipeline import DDPMPipeline
 from .seeding import stream_seed
 
-__all__ = ["sample_seed", "generate_samples", "load_samples", "samples_to_npz", "main"]
+__all__ = ["sample_seed", "load_pipeline", "draw_samples", "generate_samples", "load_samples", "samples_to_npz", "main"]
 
 _SAMPLE_STREAM = 3  # the purpose key of sample seeds (see ddpm_hf.seeding)
 
@@ -33,6 +34,42 @@ _SAMPLE_STREAM = 3  # the purpose key of sample seeds (see ddpm_hf.seeding)
 def sample_seed(seed: int, index: int) -> int:
     """The seed of image `index` of a sampling run seeded with `seed`."""
     return stream_seed(seed, _SAMPLE_STREAM, index)
+
+
+def load_pipeline(
+    name: str | os.PathLike, device: str | torch.device, variance_type: str | None = None
+) -> DDPMPipeline:
+    """A pipeline (folder or Hub repo id) on `device`, its progress bar off, with σ_t² of the reverse process set to
+    `variance_type` ("fixed_small": σ² = β̃, "fixed_large": σ² = β, §3.2) when given."""
+    pipeline = DDPMPipeline.from_pretrained(name)
+    if variance_type is not None:
+        pipeline.scheduler = type(pipeline.scheduler).from_config(
+            pipeline.scheduler.config, variance_type=variance_type
+        )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline.to(device)
+
+
+@torch.no_grad()
+def draw_samples(
+    pipeline: DDPMPipeline,
+    indices: Sequence[int],
+    seed: int = 0,
+    batch_size: int = 64,
+    num_inference_steps: int | None = None,
+    respace: bool = False,
+) -> Iterator[tuple[list[int], np.ndarray]]:
+    """Draw the images `indices` of a sampling run seeded with `seed`, `batch_size` at a time; yield each batch's
+    indices and its images as uint8 (n, H, W, C), rounded as PIL conversion rounds them."""
+    steps = num_inference_steps or pipeline.scheduler.config.num_train_timesteps
+    device = pipeline._execution_device
+    for start in range(0, len(indices), batch_size):
+        batch = list(indices[start : start + batch_size])
+        generators = [torch.Generator(device).manual_seed(sample_seed(seed, i)) for i in batch]
+        images = pipeline(
+            len(batch), generator=generators, num_inference_steps=steps, respace=respace, output_type="np"
+        ).images
+        yield batch, (images * 255).round().astype(np.uint8)
 
 
 def _image_path(folder: Path, index: int) -> Path:
@@ -72,35 +109,33 @@ def generate_samples(
         raise ValueError(f"num_samples and batch_size must be ≥ 1, got {num_samples} and {batch_size}.")
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    steps = num_inference_steps or pipeline.scheduler.config.num_train_timesteps
     mine = [i for i in range(process_index, num_samples, num_processes) if not _image_path(folder, i).is_file()]
-    device = pipeline._execution_device
     progress = tqdm(total=len(mine), desc="Sampling", unit="img", disable=not show_progress)
-    for start in range(0, len(mine), batch_size):
-        indices = mine[start : start + batch_size]
-        generators = [torch.Generator(device).manual_seed(sample_seed(seed, i)) for i in indices]
-        images = pipeline(len(indices), generator=generators, num_inference_steps=steps, respace=respace).images
+    for indices, images in draw_samples(pipeline, mine, seed, batch_size, num_inference_steps, respace):
         for index, image in zip(indices, images, strict=True):
-            _write_png(image, _image_path(folder, index))
+            _write_png(
+                PIL.Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image), _image_path(folder, index)
+            )
         progress.update(len(indices))
     progress.close()
     return mine
 
 
-def load_samples(folder: str | os.PathLike, num_samples: int) -> np.ndarray:
-    """The images 0 … num_samples − 1 of a sample folder as uint8 (N, H, W, C).
+def load_samples(folder: str | os.PathLike, indices: int | Sequence[int]) -> np.ndarray:
+    """The images `indices` (an int N: 0 … N − 1) of a sample folder as uint8 (n, H, W, C).
 
     Raises:
         FileNotFoundError: an image is missing (the first one is named).
     """
     folder = Path(folder)
-    missing = [i for i in range(num_samples) if not _image_path(folder, i).is_file()]
+    indices = range(indices) if isinstance(indices, int) else indices
+    missing = [i for i in indices if not _image_path(folder, i).is_file()]
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} sample(s) missing in {folder}, the first {_image_path(folder, missing[0])}."
         )
     arrays = []
-    for index in range(num_samples):
+    for index in indices:
         with PIL.Image.open(_image_path(folder, index)) as image:
             array = np.asarray(image, dtype=np.uint8)
         arrays.append(array[..., None] if array.ndim == 2 else array)
@@ -124,6 +159,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m ddpm_hf.sampling"
     parser.add_argument("--batch-size", type=int, default=64, help="images per pipeline call (per process)")
     parser.add_argument("--num-inference-steps", type=int, default=None, help="default: T")
     parser.add_argument("--respace", action="store_true", help="sample fewer steps on the respaced chain")
+    parser.add_argument("--variance-type", choices=("fixed_small", "fixed_large"), default=None,
+                        help="σ_t² of the reverse process (default: the pipeline's own)")  # fmt: skip
     parser.add_argument("--npz", type=Path, default=None, help="also pack the samples into this .npz")
     arguments = parser.parse_args(argv)
 
@@ -131,8 +168,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ddpm_hf.sampling"
 
     state = Accelerator()  # unlike a bare PartialState, it reads `accelerate launch`'s settings (--cpu) as well
     try:
-        pipeline = DDPMPipeline.from_pretrained(arguments.pipeline).to(state.device)
-        pipeline.set_progress_bar_config(disable=True)
+        pipeline = load_pipeline(arguments.pipeline, state.device, arguments.variance_type)
         drawn = generate_samples(
             pipeline,
             arguments.num_samples,

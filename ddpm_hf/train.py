@@ -22,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -37,6 +39,10 @@ from tqdm.auto import tqdm
 from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from .data import global_batch_indices, load_training_images, to_model_input
 from .ema import ExponentialMovingAverage
+from .evaluate import reference_statistics, sample_features
+from .hub import check_can_push, push_to_hub
+from .inception import load_inception
+from .metrics import feature_statistics, frechet_distance
 from .pipeline import DDPMPipeline
 from .plots import save_image_grid, save_loss_curve
 from .scheduler import DDPMScheduler
@@ -60,6 +66,14 @@ RESUMABLE_CHANGES = {
     "report_to",
     "output_dir",
     "cache_dir",
+    "fid_steps",
+    "fid_num_samples",
+    "fid_inference_steps",
+    "fid_batch_size",
+    "inception_weights",
+    "push_to_hub",
+    "hub_repo_id",
+    "hub_private",
 }
 
 
@@ -127,7 +141,8 @@ def train(config: TrainingConfig) -> dict[str, Any]:
 
     Writes, under `config.output_dir`: `pipeline/` (the EMA model as a `DDPMPipeline`, safetensors),
     `training_summary.json`, `samples.png` and `samples/step-*.png`, `loss_curve.png`, `metrics.jsonl`,
-    `checkpoints/checkpoint-*`, and the tracker's logs in `logs/`.
+    `checkpoints/checkpoint-*`, and the tracker's logs in `logs/`; with `fid_steps`, also `best_pipeline/` (the EMA
+    model of the step with the lowest FID so far) and `best_fid.json`.
     """
     started = time.time()
     torch.set_flush_denormal(True)  # denormal floats (tiny Adam moments) slow CPU arithmetic down many times over
@@ -139,6 +154,8 @@ def train(config: TrainingConfig) -> dict[str, Any]:
     )
     device, rank, num_processes = accelerator.device, accelerator.process_index, accelerator.num_processes
     is_main = accelerator.is_main_process
+    if config.push_to_hub:  # a push that cannot happen fails now, not after training
+        check_can_push(config.hub_repo_id)
 
     # ---- Batch arithmetic: B global = A micro-steps × P processes × b images --------------------------------------
     B, A = config.train_batch_size, config.gradient_accumulation_steps
@@ -205,6 +222,43 @@ def train(config: TrainingConfig) -> dict[str, Any]:
         metrics_path.write_text("".join(json.dumps(row) + "\n" for row in kept))
     if config.report_to != "none":
         accelerator.init_trackers("ddpm-hf", config={k: str(v) for k, v in config.to_dict().items()})
+
+    # ---- FID during training: the extractor and the reference statistics (cached) before the first step -----------
+    best_fid_path, best_fid = output_dir / "best_fid.json", {"fid": float("inf")}
+    if config.fid_steps is not None:
+        inception = load_inception(config.inception_weights, device=device)
+        reference = reference_statistics(
+            config.dataset, config.split, resolution, channels, inception, accelerator, config.image_column
+        )
+        if best_fid_path.is_file():
+            best_fid = json.loads(best_fid_path.read_text())
+
+    def measure_fid(step: int) -> None:
+        """FID of `fid_num_samples` EMA samples (spread over the processes); keep the EMA pipeline if it is the best."""
+        pipeline = DDPMPipeline(unet=ema.model, scheduler=build_scheduler(config))
+        pipeline.set_progress_bar_config(disable=True)
+        steps = config.fid_inference_steps or T
+        features = sample_features(
+            pipeline, inception, config.fid_num_samples, accelerator, seed=config.seed,
+            batch_size=config.fid_batch_size, num_inference_steps=steps, respace=steps < T,
+        )  # fmt: skip
+        if not is_main:
+            return
+        fid = frechet_distance(*feature_statistics(features), reference.mu, reference.sigma)
+        if config.report_to != "none":
+            accelerator.log({"fid": fid}, step=step)
+        with metrics_path.open("a") as handle:
+            handle.write(json.dumps({"step": step, "fid": fid, "fid_num_samples": config.fid_num_samples}) + "\n")
+        tqdm.write(f"step {step}: FID {fid:.3f} ({config.fid_num_samples} samples)", file=sys.stderr)
+        if fid < best_fid["fid"]:
+            best = output_dir / "best_pipeline"
+            temporary = output_dir / ".best_pipeline.tmp"
+            shutil.rmtree(temporary, ignore_errors=True)
+            pipeline.save_pretrained(temporary)
+            shutil.rmtree(best, ignore_errors=True)
+            os.replace(temporary, best)
+            best_fid.update(step=step, fid=fid, num_samples=config.fid_num_samples, num_inference_steps=steps)
+            best_fid_path.write_text(json.dumps(best_fid, indent=2) + "\n")
 
     def sample_grid(step: int) -> None:
         """Draw `num_sample_images` from the EMA network and save a grid (main process only)."""
@@ -335,6 +389,9 @@ def train(config: TrainingConfig) -> dict[str, Any]:
 
         if is_main and (done % config.sample_steps == 0 or done == config.max_train_steps):
             sample_grid(done)
+        if config.fid_steps is not None and (done % config.fid_steps == 0 or done == config.max_train_steps):
+            measure_fid(done)
+            accelerator.wait_for_everyone()
     progress.close()
 
     # ---- The result: the EMA pipeline, the summary, the loss curve ------------------------------------------------
@@ -343,7 +400,7 @@ def train(config: TrainingConfig) -> dict[str, Any]:
     if is_main:
         pipeline_dir = output_dir / "pipeline"
         DDPMPipeline(unet=ema.model, scheduler=build_scheduler(config)).save_pretrained(pipeline_dir)
-        metrics = _read_metrics(metrics_path)
+        metrics = [row for row in _read_metrics(metrics_path) if "loss" in row]
         if metrics:
             save_loss_curve([m["step"] for m in metrics], [m["loss"] for m in metrics], output_dir / "loss_curve.png")
         summary = {
@@ -357,10 +414,14 @@ def train(config: TrainingConfig) -> dict[str, Any]:
             "parameters": sum(p.numel() for p in ema.model.parameters()),
             "dataset": {"source": data.source, "split": data.split, "column": data.column, "num_images": num_images},
             "pipeline": str(pipeline_dir),
+            **({"best_fid": best_fid} if config.fid_steps is not None else {}),
             "config": config.to_dict(),
         }
         (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(f"Saved the EMA pipeline to {pipeline_dir} and the summary to {output_dir / 'training_summary.json'}")
+        if config.push_to_hub:
+            commit = push_to_hub(output_dir, config.hub_repo_id, private=config.hub_private or None)
+            print(f"Pushed the pipeline to the Hub: {commit}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary

@@ -82,6 +82,16 @@ class TrainingConfig:
     num_sample_images: int = _help("images in each sample grid", 64)
     sample_inference_steps: int | None = _help("sampling steps for the grids; default: T", None)
     report_to: str = _help(f"Accelerate tracker: {', '.join(REPORT_TO)}", "tensorboard")
+    # Evaluation during training (ddpm_hf.evaluate): FID of the EMA model against the training split
+    fid_steps: int | None = _help("compute the FID of the EMA model every N steps and keep the best; none: never", None)
+    fid_num_samples: int = _help("samples per FID", 5000)
+    fid_inference_steps: int | None = _help("sampling steps for the FID (fewer than T: respaced); default: T", None)
+    fid_batch_size: int = _help("images per sampling call, per process", 256)
+    inception_weights: str | None = _help("the FID Inception file (default: looked for in the cache)", None)
+    # Publishing (ddpm_hf.hub): the pipeline, its model card and sample grid, once training is done
+    push_to_hub: bool = _help("push the trained pipeline to the Hub (the token: HF_TOKEN or `hf auth login`)", False)
+    hub_repo_id: str | None = _help("the Hub repo to push to, user/name", None)
+    hub_private: bool = _help("create the Hub repo private", False)
     preset: str | None = _help("the preset the other values start from", None)
 
     def __post_init__(self) -> None:
@@ -98,11 +108,19 @@ class TrainingConfig:
             "checkpointing_steps",
             "sample_steps",
             "num_sample_images",
+            "fid_num_samples",
+            "fid_batch_size",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        for name in ("resolution", "checkpoints_total_limit", "sample_inference_steps"):
+        for name in (
+            "resolution",
+            "checkpoints_total_limit",
+            "sample_inference_steps",
+            "fid_steps",
+            "fid_inference_steps",
+        ):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer or none, got {value!r}.")
@@ -136,11 +154,14 @@ class TrainingConfig:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}.")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}.")
-        if self.sample_inference_steps is not None and self.sample_inference_steps > self.num_train_timesteps:
-            raise ValueError(
-                f"sample_inference_steps={self.sample_inference_steps} exceeds num_train_timesteps="
-                f"{self.num_train_timesteps}."
-            )
+        if self.push_to_hub and not self.hub_repo_id:
+            raise ValueError("push_to_hub needs hub_repo_id (--hub-repo-id user/name).")
+        for name in ("sample_inference_steps", "fid_inference_steps"):
+            value = getattr(self, name)
+            if value is not None and value > self.num_train_timesteps:
+                raise ValueError(f"{name}={value} exceeds num_train_timesteps={self.num_train_timesteps}.")
+        if self.fid_steps is not None and self.fid_num_samples < 2:
+            raise ValueError(f"fid_num_samples must be ≥ 2 (a covariance), got {self.fid_num_samples}.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -3,17 +3,48 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
-# No test may reach the network: the Hub clients read these when they are first imported, below.
+from processes import free_port
+
+# No test may reach the network: the Hub clients read these when they are first imported, below. The Hub tests
+# (test_hub.py) talk to their own server on loopback: the client's endpoint is that server's address, and those tests
+# alone switch the client online (`huggingface_hub.constants.HF_HUB_OFFLINE`) or start processes without the flag.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
+os.environ["HF_HUB_DISABLE_XET"] = "1"  # plain HTTP and LFS, which the test server speaks
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.pop("HUGGINGFACE_CO_STAGING", None)
+os.environ.pop("HF_TOKEN", None)
+os.environ.pop("HUGGING_FACE_HUB_TOKEN", None)
+os.environ.pop("HF_TOKEN_PATH", None)
+os.environ.pop("HF_OIDC_RESOURCE", None)
+os.environ.pop("HF_HUB_CACHE", None)
+os.environ.pop("HUGGINGFACE_HUB_CACHE", None)
+# A fresh HF_HOME: no saved token, Hub cache or client state of the user's is read or written. The datasets cache
+# and ddpm_hf's Inception cache stay where they were, so that tests find what earlier runs prepared there.
+os.environ.setdefault(
+    "HF_DATASETS_CACHE", os.path.expanduser(os.path.join(os.environ.get("HF_HOME", "~/.cache/huggingface"), "datasets"))
+)
+os.environ.setdefault(
+    "DDPM_HF_CACHE", os.path.expanduser(os.path.join(os.environ.get("HF_HOME", "~/.cache/huggingface"), "ddpm_hf"))
+)
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="ddpm-hf-tests-hf-home-")
 
 import pytest
 import torch
 from diffusers import UNet2DModel
 
 from ddpm_hf import create_unet
+
+TEST_HF_HOME = os.environ["HF_HOME"]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the session's HF_HOME."""
+    shutil.rmtree(TEST_HF_HOME, ignore_errors=True)
 
 
 @pytest.fixture

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import datasets
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+from shared_data import CIFAR10, needs_cifar10
 
 from ddpm_hf.data import (
     decode_images,
@@ -20,8 +20,6 @@ from ddpm_hf.data import (
     prepare_image,
     to_model_input,
 )
-
-CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
 
 def png_bytes(image: PIL.Image.Image) -> bytes:
@@ -95,7 +93,7 @@ class TestLoading:
         loaded = load_image_dataset(None, image_size=16)
         assert len(loaded) > 1000 and find_image_column(loaded.features) == "image"
 
-    @pytest.mark.skipif(not CIFAR10.is_dir(), reason=f"the real CIFAR-10 copy is not present at {CIFAR10}")
+    @needs_cifar10
     def test_real_cifar10_with_its_img_column(self):
         data = load_training_images(str(CIFAR10), "test", None, resolution=32, channels=3, show_progress=False)
         assert data.column == "img" and data.images.shape == (1000, 3, 32, 32) and data.images.dtype == torch.uint8

@@ -17,6 +17,7 @@ import pytest
 import torch
 from processes import accelerate_launch
 from safetensors.torch import load_file
+from shared_data import WEIGHTS, needs_weights
 
 from ddpm_hf.shapes import detection_rate
 
@@ -35,9 +36,11 @@ def accelerate_command(num_processes: int, *arguments: str) -> list[str]:
     return accelerate_launch(num_processes, "ddpm_hf.train", *arguments)
 
 
-def run(command: list[str], timeout: float = 300, threads: int | None = 1) -> subprocess.CompletedProcess:
+def run(
+    command: list[str], timeout: float = 300, threads: int | None = 1, env_overrides: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run a command; one thread per process unless `threads` is None (torch's default: all cores)."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONUNBUFFERED": "1", **(env_overrides or {})}
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
@@ -246,3 +249,34 @@ def test_training_writes_pipeline_grids_curve_summary_logs_and_checkpoints(quick
     rows = metrics(quickstart_run)
     assert rows[0]["lr"] < rows[-1]["lr"] == pytest.approx(1e-3)  # warm-up, then constant
     assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+@needs_weights
+def test_fid_during_training_is_logged_and_the_best_ema_pipeline_kept(tmp_path):
+    """With --fid-steps K the EMA model's FID (against the training split) is measured every K steps and at the end,
+    logged to metrics.jsonl, and the pipeline of the lowest FID so far is kept in best_pipeline/."""
+    import datasets
+    import PIL.Image
+
+    images = [PIL.Image.new("RGB", (16, 16), (20 * i, 100, 255 - 20 * i)) for i in range(12)]
+    (tmp_path / "data").mkdir()
+    datasets.Dataset.from_dict({"img": images}).cast_column("img", datasets.Image()).to_parquet(
+        tmp_path / "data" / "train-00000-of-00001.parquet"
+    )
+    output = tmp_path / "out"
+    result = run(train_command(
+        *TINY, "--max-train-steps", "3", "--dataset", str(tmp_path / "data"), "--output-dir", str(output),
+        "--fid-steps", "2", "--fid-num-samples", "4", "--fid-inference-steps", "3",
+        "--inception-weights", str(WEIGHTS),
+    ), env_overrides={"DDPM_HF_CACHE": str(tmp_path / "cache")})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    fids = [row for row in metrics(output) if "fid" in row]
+    assert [row["step"] for row in fids] == [2, 3] and all(row["fid"] > 0 for row in fids)
+    best = json.loads((output / "best_fid.json").read_text())
+    assert best["fid"] == min(row["fid"] for row in fids) and best["step"] in (2, 3)
+    assert best["num_samples"] == 4 and best["num_inference_steps"] == 3
+    assert diffusers.DDPMPipeline.from_pretrained(output / "best_pipeline") is not None
+    assert list((tmp_path / "cache" / "fid_reference").glob("data-train-16px-*.npz"))
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert summary["best_fid"] == best and summary["final_loss"] > 0  # the loss curve ignores the FID rows
+    assert (output / "loss_curve.png").is_file()

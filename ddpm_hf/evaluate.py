@@ -1,0 +1,553 @@
+"""Evaluation with the paper's protocol (Ho et al. 2020, §4, Table 1 and Table 2): FID and Inception Score of N
+samples from the (EMA) model drawn with 1000 ancestral steps, FID against the training set, and the negative
+log-likelihood on the test set in bits/dim from the variational bound (eq. 5), split into rate and distortion as in
+Table 4.
+
+    ddpm-hf evaluate outputs/ddpm/pipeline --dataset uoft-cs/cifar10              (one process)
+    accelerate launch -m ddpm_hf.evaluate outputs/ddpm/pipeline --dataset ...       (several: the same numbers)
+
+Sampling, Inception features and bits/dim are spread over the processes, each handling the indices i ≡ rank
+(mod P); every random draw is tied to the index, so the numbers do not depend on P or on the batch size. The outputs go
+to `--output-dir` (default: `evaluation/` beside a local pipeline folder): `report.json`, `samples/` (PNG, resumable),
+`figures/` (the paper's Fig. 6–8 and a sample grid); the report is also printed as a table.
+
+The FID reference statistics (mean and covariance of the reference images' features) are computed once and cached in
+an `.npz` named by dataset, split, resolution and a hash of everything they depend on, the extractor's SHA-256
+included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from .data import BUILTIN_SHAPES, load_image_dataset, load_training_images, to_model_input
+from .inception import (
+    INCEPTION_SHA256,
+    default_cache_dir,
+    find_inception_weights,
+    inception_features,
+    load_inception,
+    load_inception_classifier,
+)
+from .metrics import VariationalBound, feature_statistics, frechet_distance, inception_score, variational_bound
+from .pipeline import DDPMPipeline
+from .sampling import draw_samples, generate_samples, load_pipeline, load_samples
+from .scheduler import DDPMScheduler
+from .seeding import stream_seed
+
+__all__ = [
+    "METRICS",
+    "EvaluationConfig",
+    "ReferenceStatistics",
+    "reference_statistics",
+    "sample_features",
+    "dataset_bits_per_dim",
+    "evaluate",
+    "format_report",
+    "main",
+]
+
+METRICS = ("fid", "is", "bpd")
+_LIKELIHOOD_STREAM = 4  # the purpose key of the noise of the bound's x_t (see ddpm_hf.seeding)
+_PREPROCESSING = "uint8, bilinear resize to 299 (align_corners=False), 2x/255-1"  # part of the reference key
+
+
+@dataclass
+class EvaluationConfig:
+    """What `evaluate` measures, and how. The defaults are the paper's protocol."""
+
+    pipeline: str
+    dataset: str | None = None  # default: the training dataset, from training_summary.json beside the pipeline
+    metrics: Sequence[str] = METRICS
+    output_dir: str | None = None  # default: evaluation/ beside a local pipeline folder, else ./evaluation
+    num_samples: int = 50_000
+    num_inference_steps: int | None = None  # default: T
+    respace: bool = False
+    variance_type: str | None = None  # default: the pipeline's own
+    seed: int = 0
+    batch_size: int = 256
+    reference_split: str = "train"
+    reference_num_images: int | None = None  # default: the whole split
+    bpd_split: str = "test"
+    bpd_num_images: int | None = None  # default: the whole split
+    bpd_batch_size: int = 64
+    image_column: str | None = None
+    inception_weights: str | None = None
+    inception_classifier: str | None = None
+    cache_dir: str | None = None  # default: ddpm_hf.inception.default_cache_dir()
+    figures: bool = True
+    inception_score_splits: int = 10
+    extra: dict[str, Any] = field(default_factory=dict)  # copied into the report (e.g. the training step)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.metrics) - set(METRICS))
+        if unknown or not self.metrics:
+            raise ValueError(f"metrics must be a non-empty subset of {list(METRICS)}, got {list(self.metrics)}.")
+        for name in ("num_samples", "batch_size", "bpd_batch_size", "inception_score_splits"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        for name in ("num_inference_steps", "reference_num_images", "bpd_num_images"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or none, got {value!r}.")
+        if "fid" in self.metrics and self.num_samples < 2:
+            raise ValueError(f"FID needs num_samples ≥ 2 (a covariance), got {self.num_samples}.")
+        if "is" in self.metrics and self.num_samples < self.inception_score_splits:
+            raise ValueError(
+                f"The Inception Score needs num_samples ≥ inception_score_splits = {self.inception_score_splits}, "
+                f"got {self.num_samples}."
+            )
+        if self.variance_type not in (None, "fixed_small", "fixed_large"):
+            raise ValueError(f"variance_type must be fixed_small or fixed_large, got {self.variance_type!r}.")
+
+
+# ---- Spreading work over processes ----------------------------------------------------------------------------------
+
+
+def _my_indices(num_items: int, accelerator: Accelerator) -> list[int]:
+    """The indices i ≡ rank (mod P) of this process."""
+    return list(range(accelerator.process_index, num_items, accelerator.num_processes))
+
+
+def _gather_in_order(rows: torch.Tensor, num_items: int, accelerator: Accelerator) -> torch.Tensor:
+    """The rows of every process (process r holds items r, r + P, r + 2P, …) as one tensor of all `num_items` rows in
+    index order, on every process, on the CPU."""
+    P = accelerator.num_processes
+    if P == 1:
+        return rows.cpu()
+    per_process = -(-num_items // P)
+    padded = torch.zeros((per_process, *rows.shape[1:]), dtype=rows.dtype, device=accelerator.device)
+    padded[: len(rows)] = rows.to(accelerator.device)
+    gathered = accelerator.gather(padded).view(P, per_process, *rows.shape[1:])  # [r, j] is item r + jP
+    return gathered.transpose(0, 1).reshape(P * per_process, *rows.shape[1:])[:num_items].cpu()
+
+
+def _features_of(
+    model: torch.nn.Module,
+    num_items: int,
+    load: Callable[[list[int]], torch.Tensor],
+    accelerator: Accelerator,
+    batch_size: int,
+    description: str,
+) -> np.ndarray:
+    """Inception features of items 0 … num_items − 1 (uint8 images `load(indices)`), spread over the processes."""
+    mine = _my_indices(num_items, accelerator)
+    parts = []
+    progress = tqdm(total=len(mine), desc=description, unit="img", disable=not accelerator.is_main_process)
+    for start in range(0, len(mine), batch_size):
+        indices = mine[start : start + batch_size]
+        parts.append(torch.from_numpy(inception_features(model, load(indices), batch_size)).float())
+        progress.update(len(indices))
+    progress.close()
+    rows = torch.cat(parts) if parts else torch.zeros(0, 2048)
+    return _gather_in_order(rows, num_items, accelerator).double().numpy()
+
+
+# ---- FID reference statistics ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReferenceStatistics:
+    """The mean and covariance of the reference images' Inception features, and the `.npz` they are cached in."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    num_images: int
+    path: Path
+    key: dict[str, Any]
+
+
+def _reference_key(
+    dataset: str | None, split: str, resolution: int, channels: int, image_column: str | None, num_images: int | None
+) -> dict[str, Any]:
+    source = dataset or BUILTIN_SHAPES
+    if Path(source).exists():
+        source = str(Path(source).resolve())
+    return {
+        "dataset": source,
+        "split": split,
+        "resolution": resolution,
+        "channels": channels,
+        "image_column": image_column,
+        "num_images": num_images,
+        "center_crop": True,
+        "preprocessing": _PREPROCESSING,
+        "extractor_sha256": INCEPTION_SHA256,
+    }
+
+
+def reference_statistics(
+    dataset: str | None,
+    split: str,
+    resolution: int,
+    channels: int,
+    inception: torch.nn.Module,
+    accelerator: Accelerator | None = None,
+    image_column: str | None = None,
+    num_images: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 250,
+) -> ReferenceStatistics:
+    """The FID reference statistics of a dataset split (the first `num_images` images, default all), prepared as for
+    training (resized, centre-cropped, `channels` channels) — read from the cache when they were computed before,
+    else computed (spread over the processes) and cached in `cache_dir/fid_reference/`.
+
+    The file is named by dataset, split and resolution plus a hash of the whole key (also stored in the file): the
+    dataset, split, resolution, channels, image column, number of images, preprocessing and the extractor's SHA-256.
+    """
+    accelerator = accelerator or Accelerator()
+    key = _reference_key(dataset, split, resolution, channels, image_column, num_images)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(key["dataset"]).name or key["dataset"]).strip("_")
+    path = Path(cache_dir or default_cache_dir()) / "fid_reference" / f"{slug}-{split}-{resolution}px-{digest}.npz"
+    if path.is_file():
+        with np.load(path) as cached:
+            if json.loads(str(cached["key"])) == key:
+                return ReferenceStatistics(cached["mu"], cached["sigma"], int(cached["num_images"]), path, key)
+    images = load_training_images(
+        dataset, split, image_column, resolution, channels, show_progress=accelerator.is_main_process
+    ).images[:num_images]
+    features = _features_of(
+        inception,
+        len(images),
+        lambda indices: images[indices],
+        accelerator,
+        batch_size,
+        f"Reference features ({split})",
+    )
+    mu, sigma = feature_statistics(features)
+    if accelerator.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.stem}.tmp.npz")
+        np.savez(temporary, mu=mu, sigma=sigma, num_images=len(images), key=json.dumps(key, sort_keys=True))
+        os.replace(temporary, path)
+    accelerator.wait_for_everyone()
+    return ReferenceStatistics(mu, sigma, len(images), path, key)
+
+
+# ---- Samples ---------------------------------------------------------------------------------------------------------
+
+
+def sample_features(
+    pipeline: DDPMPipeline,
+    inception: torch.nn.Module,
+    num_samples: int,
+    accelerator: Accelerator | None = None,
+    samples_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    num_inference_steps: int | None = None,
+    respace: bool = False,
+) -> np.ndarray:
+    """The Inception features (N, 2048) of N samples of `pipeline`, drawn with index-tied seeds over the processes.
+
+    With `samples_dir` the samples are PNG files there (`ddpm_hf.sampling.generate_samples`: those already on disk
+    are not drawn again); without it they stay in memory (as during training).
+    """
+    accelerator = accelerator or Accelerator()
+    if samples_dir is not None:
+        generate_samples(
+            pipeline, num_samples, samples_dir, seed, batch_size, num_inference_steps, respace,
+            accelerator.process_index, accelerator.num_processes, show_progress=accelerator.is_main_process,
+        )  # fmt: skip
+        accelerator.wait_for_everyone()
+
+        def load(indices: list[int]) -> torch.Tensor:
+            return torch.from_numpy(load_samples(samples_dir, indices)).permute(0, 3, 1, 2)
+
+    else:
+
+        def load(indices: list[int]) -> torch.Tensor:
+            batches = draw_samples(pipeline, indices, seed, batch_size, num_inference_steps, respace)
+            return torch.from_numpy(np.concatenate([images for _, images in batches])).permute(0, 3, 1, 2)
+
+    return _features_of(inception, num_samples, load, accelerator, batch_size, "Sample features")
+
+
+# ---- Bits per dimension ---------------------------------------------------------------------------------------------
+
+
+def dataset_bits_per_dim(
+    unet: Callable,
+    scheduler: DDPMScheduler,
+    images: torch.Tensor,
+    accelerator: Accelerator | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> VariationalBound:
+    """The variational bound (eq. 5) of every image of a dataset, in bits/dim, spread over the processes.
+
+    Args:
+        images: uint8 (N, C, H, W), as `ddpm_hf.data.load_training_images` decodes them.
+        seed: the noise of image i's x_t comes from a generator seeded by (seed, i): the result does not depend on
+            the number of processes or the batch size.
+
+    Returns:
+        The terms of all N images, in index order, on the CPU, on every process.
+    """
+    accelerator = accelerator or Accelerator()
+    mine = _my_indices(len(images), accelerator)
+    device = accelerator.device
+    rows = []
+    progress = tqdm(total=len(mine), desc="Bits/dim", unit="img", disable=not accelerator.is_main_process)
+    for start in range(0, len(mine), batch_size):
+        indices = mine[start : start + batch_size]
+        x_0 = to_model_input(images[indices].to(device))
+        generators = [torch.Generator(device).manual_seed(stream_seed(seed, _LIKELIHOOD_STREAM, i)) for i in indices]
+        bound = variational_bound(unet, scheduler, x_0, generator=generators)
+        rows.append(torch.stack([bound.prior, bound.kl, bound.decoder], dim=1))
+        progress.update(len(indices))
+    progress.close()
+    local = torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.float64, device=device)
+    prior, kl, decoder = _gather_in_order(local, len(images), accelerator).unbind(dim=1)
+    return VariationalBound(total=prior + kl + decoder, prior=prior, kl=kl, decoder=decoder)
+
+
+def _mean_and_standard_error(values: torch.Tensor) -> tuple[float, float | None]:
+    """The mean and its standard error s/√n (none for a single value)."""
+    n = values.numel()
+    return float(values.mean()), float(values.std() / math.sqrt(n)) if n > 1 else None
+
+
+# ---- The whole evaluation -------------------------------------------------------------------------------------------
+
+
+def _default_output_dir(pipeline: str) -> Path:
+    path = Path(pipeline)
+    return path.resolve().parent / "evaluation" if path.is_dir() else Path("evaluation")
+
+
+def _training_dataset(pipeline: str) -> tuple[bool, str | None]:
+    """(found, dataset) from `training_summary.json` beside a local pipeline folder."""
+    summary = Path(pipeline).resolve().parent / "training_summary.json"
+    if not (Path(pipeline).is_dir() and summary.is_file()):
+        return False, None
+    config = json.loads(summary.read_text()).get("config", {})
+    return True, config.get("dataset")
+
+
+def evaluate(config: EvaluationConfig, accelerator: Accelerator | None = None) -> dict[str, Any]:
+    """Measure what `config.metrics` names for a pipeline, write `report.json` (and the figures), return the report.
+
+    The report holds the metric values, the sampling settings and seeds, the reference statistics file and the
+    extractor's SHA-256 (see `format_report` for the table printed from it).
+
+    Raises:
+        ValueError: no dataset is known for FID or bits/dim, or bad settings.
+        FileNotFoundError: the pipeline or the Inception weights are missing (the message says where it looked).
+    """
+    accelerator = accelerator or Accelerator()
+    is_main = accelerator.is_main_process
+    wants = set(config.metrics)
+    known, dataset = (True, config.dataset) if config.dataset is not None else _training_dataset(config.pipeline)
+    if not known and wants & {"fid", "bpd"}:
+        raise ValueError(
+            "FID and bits/dim need a dataset (--dataset NAME): none was given and no training_summary.json "
+            "names the training dataset beside the pipeline."
+        )
+    # Everything that can be wrong fails here, before hours of sampling: the datasets' splits, the extractor.
+    if "fid" in wants:
+        load_image_dataset(dataset, config.reference_split, cache_dir=None)
+    if "bpd" in wants:
+        load_image_dataset(dataset, config.bpd_split, cache_dir=None)
+    inception = None
+    if wants & {"fid", "is"}:
+        inception = load_inception(config.inception_weights, config.cache_dir, accelerator.device)
+    output_dir = Path(config.output_dir) if config.output_dir else _default_output_dir(config.pipeline)
+    pipeline = load_pipeline(config.pipeline, accelerator.device, config.variance_type)
+    channels, resolution, _ = pipeline.image_shape
+    T = pipeline.scheduler.config.num_train_timesteps
+    steps = config.num_inference_steps or T
+    started = time.time()
+    report: dict[str, Any] = {
+        "pipeline": str(config.pipeline),
+        "metrics": {},
+        "num_processes": accelerator.num_processes,
+        **config.extra,
+    }
+
+    if inception is not None:
+        samples_dir = output_dir / "samples"
+        report["sampling"] = {
+            "num_samples": config.num_samples,
+            "num_inference_steps": steps,
+            "respace": config.respace,
+            "variance_type": pipeline.scheduler.config.variance_type,
+            "seed": config.seed,
+            "samples_dir": str(samples_dir),
+        }
+        features = sample_features(
+            pipeline, inception, config.num_samples, accelerator, samples_dir, config.seed, config.batch_size,
+            steps, config.respace,
+        )  # fmt: skip
+        weights = find_inception_weights(config.inception_weights, config.cache_dir)
+        extractor = {"file": str(weights), "sha256": INCEPTION_SHA256}
+        if "fid" in wants:
+            reference = reference_statistics(
+                dataset, config.reference_split, resolution, channels, inception, accelerator,
+                config.image_column, config.reference_num_images, config.cache_dir,
+            )  # fmt: skip
+            report["metrics"]["fid"] = frechet_distance(*feature_statistics(features), reference.mu, reference.sigma)
+            reference_info = {
+                **reference.key,
+                "num_images": reference.num_images,
+                "statistics_file": str(reference.path),
+            }
+            report["fid"] = {"reference": reference_info, "extractor": extractor}
+        if "is" in wants:
+            try:
+                with accelerator.main_process_first():  # one process downloads and converts, the others read it
+                    classifier = load_inception_classifier(
+                        config.inception_classifier, config.cache_dir, inception_weights=config.inception_weights
+                    )
+            except FileNotFoundError as error:
+                report["inception_score_unavailable"] = str(error)
+                if is_main:
+                    print(f"Inception Score skipped: {error}", file=sys.stderr)
+            else:
+                score, spread = inception_score(classifier.logits(features), config.inception_score_splits)
+                report["metrics"]["inception_score"] = score
+                report["metrics"]["inception_score_std"] = spread
+                report["inception_score"] = {
+                    "splits": config.inception_score_splits,
+                    "extractor": extractor,
+                    "classifier": str(classifier.path),
+                }
+
+    dataset_images = None
+    if "bpd" in wants:
+        dataset_images = load_training_images(
+            dataset, config.bpd_split, config.image_column, resolution, channels, show_progress=is_main
+        ).images[: config.bpd_num_images]
+        bound = dataset_bits_per_dim(
+            pipeline.unet, pipeline.scheduler, dataset_images, accelerator, config.seed, config.bpd_batch_size
+        )
+        total, total_error = _mean_and_standard_error(bound.total)
+        report["metrics"].update(
+            bits_per_dim=total,
+            bits_per_dim_stderr=total_error,
+            rate_bits_per_dim=float(bound.rate.mean()),
+            distortion_bits_per_dim=float(bound.distortion.mean()),
+            prior_bits_per_dim=float(bound.prior.mean()),
+        )
+        report["bits_per_dim"] = {
+            "dataset": dataset or BUILTIN_SHAPES,
+            "split": config.bpd_split,
+            "num_images": len(dataset_images),
+            "seed": config.seed,
+            "estimator": "L_T + sum of L_{t-1} (one x_t per t) + L_0 (discretized decoder, eq. 13)",
+        }
+
+    if config.figures and is_main:
+        from .figures import write_figures
+
+        if dataset_images is None and known:
+            dataset_images = load_training_images(
+                dataset, config.bpd_split, config.image_column, resolution, channels, show_progress=False
+            ).images[:2]
+        originals = None if dataset_images is None else to_model_input(dataset_images[:2].to(accelerator.device))
+        paths = write_figures(pipeline, output_dir / "figures", originals, config.seed, 64, steps)
+        report["figures"] = {name: str(path) for name, path in paths.items()}
+    report["wall_time_seconds"] = time.time() - started
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report's metrics as a plain-text table."""
+    metrics, rows = report["metrics"], []
+    if "fid" in metrics:
+        reference = report["fid"]["reference"]
+        rows.append((
+            f"FID ({report['sampling']['num_samples']:,} samples vs {reference['split']}, "
+            f"{reference['num_images']:,} images)",
+            f"{metrics['fid']:.3f}",
+        ))  # fmt: skip
+    if "inception_score" in metrics:
+        rows.append(("Inception Score", f"{metrics['inception_score']:.3f} ± {metrics['inception_score_std']:.3f}"))
+    elif "inception_score_unavailable" in report:
+        rows.append(("Inception Score", "unavailable (no classifier weights)"))
+    if "bits_per_dim" in metrics:
+        info = report["bits_per_dim"]
+        rows += [
+            (
+                f"NLL bits/dim ({info['split']}, {info['num_images']:,} images)",
+                f"≤ {metrics['bits_per_dim']:.4f}"
+                + ("" if metrics["bits_per_dim_stderr"] is None else f" ± {metrics['bits_per_dim_stderr']:.4f}"),
+            ),
+            ("  rate L_1 + … + L_T", f"{metrics['rate_bits_per_dim']:.4f}"),
+            ("  distortion L_0", f"{metrics['distortion_bits_per_dim']:.4f}"),
+        ]
+    width = max([len("metric")] + [len(name) for name, _ in rows])
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  {'-' * 5}"]
+    lines += [f"{name:<{width}}  {value}" for name, value in rows]
+    return "\n".join(lines)
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    """The command line of `ddpm-hf evaluate`: one option per `EvaluationConfig` field."""
+    parser = argparse.ArgumentParser(prog=prog, description="Evaluate a DDPM pipeline: FID, IS, NLL in bits/dim.")
+    defaults = EvaluationConfig(pipeline="")
+    parser.add_argument("pipeline", help="a pipeline folder or Hub repo id")
+    parser.add_argument("--dataset", help="FID reference and NLL data (default: the training dataset)")
+    parser.add_argument("--metrics", default=",".join(METRICS), help="comma-separated, of: fid, is, bpd")
+    parser.add_argument("--output-dir", help="default: evaluation/ beside a local pipeline folder")
+    parser.add_argument("--num-samples", type=int, default=defaults.num_samples, help="samples for FID and IS")
+    parser.add_argument("--num-inference-steps", type=int, help="reverse steps (default: T)")
+    parser.add_argument("--respace", action="store_true", help="sample fewer steps on the respaced chain")
+    parser.add_argument("--variance-type", choices=("fixed_small", "fixed_large"), help="σ_t² (default: the model's)")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="per process, for sampling")
+    parser.add_argument("--reference-split", default=defaults.reference_split, help="FID reference split")
+    parser.add_argument("--reference-num-images", type=int, help="first N reference images (default: all)")
+    parser.add_argument("--bpd-split", default=defaults.bpd_split, help="the split of the NLL")
+    parser.add_argument("--bpd-num-images", type=int, help="first N images of the NLL split (default: all)")
+    parser.add_argument("--bpd-batch-size", type=int, default=defaults.bpd_batch_size)
+    parser.add_argument("--image-column", help="default: found by its feature type")
+    parser.add_argument("--inception-weights", help="the FID Inception TorchScript file")
+    parser.add_argument("--inception-classifier", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (IS)")
+    parser.add_argument("--cache-dir", help="weights and reference statistics cache (default: $HF_HOME/ddpm_hf)")
+    parser.add_argument("--no-figures", dest="figures", action="store_false", help="skip the paper's figures")
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m ddpm_hf.evaluate") -> int:
+    """`ddpm-hf evaluate` and `accelerate launch -m ddpm_hf.evaluate`: evaluate a pipeline; return the exit status."""
+    arguments = vars(build_parser(prog).parse_args(argv))
+    arguments["metrics"] = tuple(m.strip() for m in arguments["metrics"].split(",") if m.strip())
+    try:
+        config = EvaluationConfig(**arguments)
+        accelerator = Accelerator()
+        report = evaluate(config, accelerator)
+    except (ValueError, OSError) as error:  # OSError: missing files, unreachable repos
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 1
+    if accelerator.is_main_process:
+        output_dir = Path(config.output_dir) if config.output_dir else _default_output_dir(config.pipeline)
+        print(format_report(report))
+        print(f"Report: {output_dir / 'report.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

