@@ -27,7 +27,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "prune_checkpoints"]
+__all__ = [
+    "replace_folder",
+    "Checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "latest_checkpoint",
+    "prune_checkpoints",
+]
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 _FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json")
@@ -105,15 +112,21 @@ def save_checkpoint(
     (temporary / "state.json").write_text(json.dumps({**state, "step": step, "optimizer": optimizer_structure}))
     for name in _FILES:
         _fsync(temporary / name)
-    if final.exists():  # the same step written again (a resumed run): replace it only once the new one is complete
-        stale = checkpoints_dir / f".stale-checkpoint-{step:07d}"
+    replace_folder(temporary, final)  # the same step written again (a resumed run) is replaced only once complete
+    return final
+
+
+def replace_folder(complete: Path, final: Path) -> None:
+    """Move the completely written folder `complete` to `final`, replacing what is there: the old folder is renamed
+    aside first and removed last, so `final` is never a half-written folder."""
+    if final.exists():
+        stale = final.with_name(f".stale-{final.name}")
         shutil.rmtree(stale, ignore_errors=True)
         os.replace(final, stale)
-        os.replace(temporary, final)
+        os.replace(complete, final)
         shutil.rmtree(stale)
     else:
-        os.replace(temporary, final)
-    return final
+        os.replace(complete, final)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

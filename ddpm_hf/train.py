@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -36,7 +35,7 @@ from accelerate.utils import ProjectConfiguration
 from diffusers import UNet2DModel
 from tqdm.auto import tqdm
 
-from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, replace_folder, save_checkpoint
 from .data import global_batch_indices, load_training_images, to_model_input
 from .ema import ExponentialMovingAverage
 from .evaluate import reference_statistics, sample_features
@@ -255,8 +254,7 @@ def train(config: TrainingConfig) -> dict[str, Any]:
             temporary = output_dir / ".best_pipeline.tmp"
             shutil.rmtree(temporary, ignore_errors=True)
             pipeline.save_pretrained(temporary)
-            shutil.rmtree(best, ignore_errors=True)
-            os.replace(temporary, best)
+            replace_folder(temporary, best)
             best_fid.update(step=step, fid=fid, num_samples=config.fid_num_samples, num_inference_steps=steps)
             best_fid_path.write_text(json.dumps(best_fid, indent=2) + "\n")
 
