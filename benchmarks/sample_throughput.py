@@ -2,38 +2,43 @@
 diffusers.DDPMPipeline with the same UNet and the same scheduler configuration, measured in one run.
 
     python benchmarks/sample_throughput.py                                     # CPU: ddpm-tiny, small batch
-    python benchmarks/sample_throughput.py --preset ddpm-cifar10 --batch-size 256 --steps 50 --dtype bf16   # GPU
+    python benchmarks/sample_throughput.py --preset ddpm-cifar10 --batch-size 512 --steps 100 --max-batch   # GPU
 
-An image-step is one network evaluation of one image: a batch of B images over S reverse steps is B·S image-steps;
-FID-50k at 1000 steps is 5·10⁷ of them. Each pipeline draws once untimed (warm-up: allocations, kernels, compilation),
-then `--repeats` times timed; the best time counts. On a GPU the peak memory of one call is reported too, and with
-`--max-batch` the largest batch that fits (doubling until out of memory). Prints a table and writes JSON (`--output`).
+Three pipelines share one network: diffusers' `DDPMPipeline` (its defaults: the UNet's dtype, eager), ddpm_hf's plain
+pipeline (bit-identical to diffusers), and ddpm_hf with its speed-ups (`DDPMPipeline.enable_speedups`: bf16
+autocast, TF32, channels-last, torch.compile, CUDA graphs; `--bf16 --tf32 --channels-last --compile --cuda-graphs`,
+each auto|on|off, auto = on for CUDA). An image-step is one network evaluation of one image: a batch of B images over
+S reverse steps is B·S image-steps; FID-50k at 1000 steps is 5·10⁷ of them. Each pipeline draws once untimed
+(warm-up: allocations, compilation, graph capture), then `--repeats` times timed; the best time counts. On a GPU the
+peak memory of one call is reported too, and with `--max-batch` the largest batch that fits (doubling until out of
+memory).
+
+The speed-ups' deviation from the plain float32 computation is measured on the same images (per-image generators,
+so the same noise): the largest and mean absolute difference of the uint8 images, over `--deviation-steps` reverse
+steps (default: all of T). Give a trained pipeline (`--pipeline`) to measure it where it matters; a random network
+is the default. Prints a table and writes JSON (`--output`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import diffusers
+import numpy as np
 import torch
+from common import record_header, synchronize, write_record
 
 import ddpm_hf
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from ddpm_hf.acceleration import add_speedup_arguments, speedups_from_arguments
 
 
 def time_call(pipeline, batch_size: int, steps: int, device: torch.device, repeats: int) -> float:
-    """The best wall time of `repeats` calls, after one untimed warm-up call."""
+    """The best wall time of `repeats` calls, after one untimed warm-up call of the same shape."""
     generator = torch.Generator(device).manual_seed(0)
-    pipeline(batch_size, generator=generator, num_inference_steps=min(steps, 2), output_type="np")
+    pipeline(batch_size, generator=generator, num_inference_steps=steps, output_type="np")
     best = float("inf")
     for _ in range(repeats):
         synchronize(device)
@@ -49,7 +54,7 @@ def peak_memory(pipeline, batch_size: int, steps: int, device: torch.device) -> 
     if device.type != "cuda":
         return None
     torch.cuda.reset_peak_memory_stats(device)
-    pipeline(batch_size, num_inference_steps=2, output_type="np")
+    pipeline(batch_size, num_inference_steps=steps, output_type="np")
     return torch.cuda.max_memory_allocated(device)
 
 
@@ -69,26 +74,45 @@ def largest_batch(pipeline, device: torch.device, start: int) -> int | None:
     return fits
 
 
+def uint8_images(pipeline, batch_size: int, steps: int, device: torch.device) -> np.ndarray:
+    """`batch_size` images, image i from its own generator seeded i, as uint8 (what FID sees)."""
+    generators = [torch.Generator(device).manual_seed(i) for i in range(batch_size)]
+    images = pipeline(batch_size, generator=generators, num_inference_steps=steps, output_type="np").images
+    return (images * 255).round().astype(np.uint8)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="ddpm-tiny", choices=sorted(ddpm_hf.PRESETS))
+    parser.add_argument("--pipeline", default=None, help="a trained pipeline folder instead of a random preset")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=20, help="reverse steps per call")
+    parser.add_argument("--steps", type=int, default=20, help="reverse steps per timed call")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="the UNet's dtype (both pipelines)")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="the UNet's weights (all pipelines)")
     parser.add_argument("--max-batch", action="store_true", help="also find the largest batch that fits (GPU)")
+    parser.add_argument("--deviation-steps", type=int, default=None, help="steps of the deviation run (default: T)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/sample_throughput.json"))
+    add_speedup_arguments(parser)
     arguments = parser.parse_args()
+    speedups = speedups_from_arguments(arguments)
 
     device = torch.device(arguments.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[arguments.dtype]
-    torch.manual_seed(0)
-    unet = ddpm_hf.create_unet(arguments.preset).to(device, dtype).eval()
-    scheduler = ddpm_hf.DDPMScheduler()
+    if arguments.pipeline is not None:
+        loaded = ddpm_hf.DDPMPipeline.from_pretrained(arguments.pipeline)
+        unet, scheduler = loaded.unet, loaded.scheduler
+    else:
+        torch.manual_seed(0)
+        unet, scheduler = ddpm_hf.create_unet(arguments.preset), ddpm_hf.DDPMScheduler()
+    unet = unet.to(device).eval()
+    if dtype != torch.float32:
+        unet = unet.to(dtype=dtype)
+    fast = ddpm_hf.DDPMPipeline(unet=unet, scheduler=scheduler).enable_speedups(speedups)
     pipelines = {
-        "ddpm_hf": ddpm_hf.DDPMPipeline(unet=unet, scheduler=scheduler),
         "diffusers": diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler.from_config(scheduler.config)),
+        "ddpm_hf": ddpm_hf.DDPMPipeline(unet=unet, scheduler=scheduler),
+        "ddpm_hf+speedups": fast,
     }
     results = {}
     for name, pipeline in pipelines.items():
@@ -100,29 +124,46 @@ def main() -> int:
             "peak_memory_bytes": peak_memory(pipeline, arguments.batch_size, arguments.steps, device),
             "largest_batch": largest_batch(pipeline, device, arguments.batch_size) if arguments.max_batch else None,
         }
-    ratio = results["ddpm_hf"]["image_steps_per_second"] / results["diffusers"]["image_steps_per_second"]
-    record = {
-        "benchmark": "sample_throughput",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "threads": torch.get_num_threads(),
-        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        **{k: v for k, v in vars(arguments).items() if k != "output"},
-        "results": results,
-        "ratio_ddpm_hf_over_diffusers": ratio,
+    baseline = results["diffusers"]["image_steps_per_second"]
+    ratios = {name: result["image_steps_per_second"] / baseline for name, result in results.items()}
+
+    deviation_steps = arguments.deviation_steps or scheduler.config.num_train_timesteps
+    plain_images = uint8_images(pipelines["ddpm_hf"], arguments.batch_size, deviation_steps, device)
+    fast_images = uint8_images(fast, arguments.batch_size, deviation_steps, device)
+    difference = np.abs(fast_images.astype(np.int16) - plain_images)
+    deviation = {
+        "steps": deviation_steps,
+        "images": arguments.batch_size,
+        "max_abs_uint8": int(difference.max()),
+        "mean_abs_uint8": float(difference.mean()),
+        "fraction_of_pixels_changed": float((difference > 0).mean()),
     }
-    print(f"{arguments.preset}, batch {arguments.batch_size}, {arguments.steps} steps, {arguments.dtype}, {device}")
-    print(f"{'pipeline':<10}  {'image-steps/s':>14}  {'seconds':>8}  {'peak MiB':>9}")
+    active = fast.active_speedups().describe()
+    record = {
+        **record_header("sample_throughput", device),
+        **{k: v for k, v in vars(arguments).items() if k != "output"},
+        "speedups": active,
+        "results": results,
+        "ratios_over_diffusers": ratios,
+        "speedup_deviation_from_float32": deviation,
+    }
+    source = arguments.pipeline or f"{arguments.preset} (random weights)"
+    print(f"{source}, batch {arguments.batch_size}, {arguments.steps} steps, {arguments.dtype} weights, {device}")
+    print(f"speed-ups: {', '.join(name for name, on in active.items() if on) or 'none'}")
+    print(f"{'pipeline':<17}  {'image-steps/s':>14}  {'seconds':>8}  {'peak MiB':>9}  {'× diffusers':>11}")
     for name, result in results.items():
         memory = result["peak_memory_bytes"]
         memory = f"{memory / 2**20:9.0f}" if memory is not None else f"{'-':>9}"
-        print(f"{name:<10}  {result['image_steps_per_second']:14.1f}  {result['seconds']:8.3f}  {memory}")
-    print(f"ratio ddpm_hf / diffusers: {ratio:.3f}")
-    arguments.output.parent.mkdir(parents=True, exist_ok=True)
-    arguments.output.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {arguments.output}")
+        print(
+            f"{name:<17}  {result['image_steps_per_second']:14.1f}  {result['seconds']:8.3f}  {memory}  "
+            f"{ratios[name]:11.3f}"
+        )
+    print(
+        f"speed-ups vs plain float32 over {deviation_steps} steps: max |Δ| {deviation['max_abs_uint8']} / 255, "
+        f"mean |Δ| {deviation['mean_abs_uint8']:.3f} / 255, {100 * deviation['fraction_of_pixels_changed']:.1f}% "
+        "of pixels changed"
+    )
+    write_record(record, arguments.output)
     return 0
 
 

@@ -4,9 +4,12 @@ here on the same model, data and batch), measured in one run.
 
     python benchmarks/train_throughput.py                                   # CPU: ddpm-tiny at batch 8
     python benchmarks/train_throughput.py --preset ddpm-cifar10 --batch-size 128 --dataset ../shared/data/cifar10 \\
-        --mixed-precision bf16 --peak-tflops 790                            # GPU: the paper's CIFAR-10 model
+        --peak-tflops 790                                                   # GPU: the paper's CIFAR-10 model
     accelerate launch --multi_gpu --num_processes 8 benchmarks/train_throughput.py ...   # several GPUs
 
+ddpm_hf's trainer runs with its defaults (`--mixed-precision auto`: bf16 on a CUDA GPU; TF32, channels-last and
+torch.compile on for CUDA), each switchable here (`--tf32 --channels-last --compile`, auto|on|off); the reference
+loop runs as the example does by default, in float32 (`--reference-mixed-precision`).
 Both loops run `--steps` untimed warm-up steps, then `--steps` timed ones. ddpm_hf's images per second are read from
 its own log (`metrics.jsonl`, the second logging window); the reference loop is timed around its steps. FLOPs per
 training image are 3 × the forward FLOPs of one image (backward ≈ 2 × forward), counted by
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,11 +30,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from common import record_header, synchronize, write_record
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch.utils.flop_counter import FlopCounterMode
 
 import ddpm_hf
+from ddpm_hf.acceleration import Speedups, add_speedup_arguments, speedups_from_arguments
 from ddpm_hf.data import find_image_column, load_image_dataset
 from ddpm_hf.train import train
 from ddpm_hf.training_config import TrainingConfig
@@ -47,7 +52,7 @@ def forward_flops_per_image(preset: str) -> int:
     return counter.get_total_flops()
 
 
-def ddpm_hf_images_per_second(arguments: argparse.Namespace) -> float:
+def ddpm_hf_images_per_second(arguments: argparse.Namespace, speedups: Speedups) -> float:
     """Run ddpm_hf's trainer for 2 × steps and read the second logging window's images per second."""
     config = TrainingConfig(
         dataset=arguments.dataset,
@@ -60,6 +65,9 @@ def ddpm_hf_images_per_second(arguments: argparse.Namespace) -> float:
         num_sample_images=1,
         sample_inference_steps=1,
         mixed_precision=arguments.mixed_precision,
+        tf32=speedups.tf32,
+        channels_last=speedups.channels_last,
+        torch_compile=speedups.compile,
         report_to="none",
         output_dir=str(arguments.work_dir),
         lr_warmup_steps=0,
@@ -97,7 +105,10 @@ def diffusers_images_per_second(arguments: argparse.Namespace) -> float:
     """diffusers' train_unconditional.py loop (its defaults: AdamW with weight decay 1e-6, cosine schedule with 500
     warm-up steps, EMA with warm-up, a DataLoader over `datasets` with per-image transforms, `loss.item()` every
     step), on the same UNet preset, data and batch."""
-    accelerator = Accelerator(mixed_precision=arguments.mixed_precision)
+    # Accelerate keeps one process-wide state: let the reference loop choose its own mixed precision after ddpm_hf's
+    # run (the processes and their process group, kept in PartialState, stay as they are).
+    AcceleratorState._reset_state(reset_partial_state=False)
+    accelerator = Accelerator(mixed_precision=arguments.reference_mixed_precision)
     torch.manual_seed(0)
     model = ddpm_hf.create_unet(arguments.preset)
     resolution = model.config.sample_size
@@ -121,8 +132,7 @@ def diffusers_images_per_second(arguments: argparse.Namespace) -> float:
     while step < 2 * arguments.steps:
         for batch in loader:
             if step == arguments.steps:  # warm-up done
-                if accelerator.device.type == "cuda":
-                    torch.cuda.synchronize()
+                synchronize(accelerator.device)
                 started = time.perf_counter()
             clean_images = batch["input"].to(weight_dtype)
             noise = torch.randn(clean_images.shape, dtype=weight_dtype, device=clean_images.device)
@@ -145,8 +155,7 @@ def diffusers_images_per_second(arguments: argparse.Namespace) -> float:
             step += 1
             if step == 2 * arguments.steps:
                 break
-    if accelerator.device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(accelerator.device)
     return arguments.steps * arguments.batch_size / (time.perf_counter() - started)
 
 
@@ -156,15 +165,18 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8, help="the global batch")
     parser.add_argument("--steps", type=int, default=20, help="warm-up steps, then as many timed steps")
     parser.add_argument("--dataset", default=None, help="default: the built-in shapes (no network)")
-    parser.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
+    parser.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "fp16", "bf16"), help="ddpm_hf's")
+    parser.add_argument("--reference-mixed-precision", default="no", choices=("no", "fp16", "bf16"))
     parser.add_argument("--dataloader-num-workers", type=int, default=0, help="the reference loop's (its default 0)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the hardware limit, for MFU (per process)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/train_throughput.json"))
     parser.add_argument("--work-dir", type=Path, default=Path("benchmarks/results/train_run"), help="ddpm_hf's run")
+    add_speedup_arguments(parser)
     arguments = parser.parse_args()
+    speedups = speedups_from_arguments(arguments)
 
     flops_per_image = 3 * forward_flops_per_image(arguments.preset)
-    ours = ddpm_hf_images_per_second(arguments)
+    ours = ddpm_hf_images_per_second(arguments, speedups)
     reference = diffusers_images_per_second(arguments)
     accelerator = Accelerator()
     if not accelerator.is_main_process:
@@ -181,30 +193,28 @@ def main() -> int:
         "diffusers_reference_loop": {"images_per_second": reference, "mfu": mfu(reference)},
     }
     device = accelerator.device
+    summary = json.loads((arguments.work_dir / "training_summary.json").read_text())
     record = {
-        "benchmark": "train_throughput",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        **record_header("train_throughput", device),
         "processes": processes,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "threads": torch.get_num_threads(),
-        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "training_flops_per_image": flops_per_image,
         **{k: v for k, v in vars(arguments).items() if k not in ("output", "work_dir")},
+        "ddpm_hf_mixed_precision": summary["mixed_precision"],
+        "ddpm_hf_speedups": summary["speedups"],
         "results": results,
         "ratio_ddpm_hf_over_diffusers": ours / reference,
     }
-    print(f"{arguments.preset}, global batch {arguments.batch_size}, {arguments.mixed_precision}, {device}, "
-          f"{processes} process(es); {flops_per_image / 1e9:.2f} GFLOP per training image")  # fmt: skip
+    on = [name for name, value in summary["speedups"].items() if value]
+    print(f"{arguments.preset}, global batch {arguments.batch_size}, {device}, {processes} process(es); "
+          f"{flops_per_image / 1e9:.2f} GFLOP per training image")  # fmt: skip
+    print(f"ddpm_hf: {summary['mixed_precision']} mixed precision, speed-ups: {', '.join(on) or 'none'}; "
+          f"reference loop: {arguments.reference_mixed_precision} mixed precision")  # fmt: skip
     print(f"{'loop':<26}  {'images/s':>10}  {'MFU':>7}")
     for name, result in results.items():
         utilisation = f"{100 * result['mfu']:6.1f}%" if result["mfu"] is not None else f"{'-':>7}"
         print(f"{name:<26}  {result['images_per_second']:10.1f}  {utilisation}")
     print(f"ratio ddpm_hf / diffusers: {ours / reference:.3f}")
-    arguments.output.parent.mkdir(parents=True, exist_ok=True)
-    arguments.output.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {arguments.output}")
+    write_record(record, arguments.output)
     return 0
 
 

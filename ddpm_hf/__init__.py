@@ -1,5 +1,6 @@
 """ddpm-hf: Denoising Diffusion Probabilistic Models (Ho, Jain, Abbeel 2020) for the Hugging Face ecosystem."""
 
+from .acceleration import Speedups
 from .metrics import VariationalBound, bits_per_dim, frechet_distance, inception_score, variational_bound
 from .pipeline import DDPMPipeline, ProgressiveGenerationOutput
 from .scheduler import DDPMScheduler, DDPMSchedulerOutput, ModelPrediction
@@ -14,6 +15,7 @@ __all__ = [
     "ModelPrediction",
     "PRESETS",
     "ProgressiveGenerationOutput",
+    "Speedups",
     "VariationalBound",
     "bits_per_dim",
     "create_unet",

@@ -17,6 +17,7 @@ device (`to_model_input`). Bad data fails here, before training starts, with the
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,10 +218,14 @@ def load_training_images(
     center_crop: bool = True,
     cache_dir: str | None = None,
     show_progress: bool = True,
+    num_images: int | None = None,
 ) -> ImageData:
-    """Load, check and decode a training split: `load_image_dataset`, `find_image_column`, `decode_images`."""
+    """Load, check and decode a split: `load_image_dataset`, `find_image_column`, `decode_images`; only its first
+    `num_images` rows when given."""
     dataset = load_image_dataset(source, split=split, image_size=resolution, cache_dir=cache_dir)
     column = find_image_column(dataset.features, image_column)
+    if num_images is not None and num_images < len(dataset):
+        dataset = dataset.select(range(num_images))
     images = decode_images(dataset, column, resolution, channels, center_crop, show_progress)
     return ImageData(images=images, source=source or BUILTIN_SHAPES, split=split, column=column)
 
@@ -233,6 +238,7 @@ def to_model_input(images: torch.Tensor, flip: torch.Tensor | None = None) -> to
     return x
 
 
+@functools.lru_cache(maxsize=2)  # a batch reads one epoch's permutation, or two where it straddles them
 def _epoch_permutation(num_images: int, seed: int, epoch: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(stream_seed(seed, 0, epoch))
     return torch.randperm(num_images, generator=generator)

@@ -36,6 +36,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from .acceleration import Speedups, add_speedup_arguments, speedups_from_arguments
 from .data import BUILTIN_SHAPES, load_image_dataset, load_training_images, to_model_input
 from .inception import (
     INCEPTION_SHA256,
@@ -92,6 +93,7 @@ class EvaluationConfig:
     inception_classifier: str | None = None
     cache_dir: str | None = None  # default: ddpm_hf.inception.default_cache_dir()
     figures: bool = True
+    speedups: Speedups = field(default_factory=Speedups)  # sampling's (ddpm_hf.acceleration): default on for CUDA
     inception_score_splits: int = 10
     extra: dict[str, Any] = field(default_factory=dict)  # copied into the report (e.g. the training step)
 
@@ -371,7 +373,7 @@ def evaluate(config: EvaluationConfig, accelerator: Accelerator | None = None) -
     if wants & {"fid", "is"}:
         inception = load_inception(config.inception_weights, config.cache_dir, accelerator.device)
     output_dir = Path(config.output_dir) if config.output_dir else _default_output_dir(config.pipeline)
-    pipeline = load_pipeline(config.pipeline, accelerator.device, config.variance_type)
+    pipeline = load_pipeline(config.pipeline, accelerator.device, config.variance_type, config.speedups)
     channels, resolution, _ = pipeline.image_shape
     T = pipeline.scheduler.config.num_train_timesteps
     steps = config.num_inference_steps or T
@@ -390,6 +392,7 @@ def evaluate(config: EvaluationConfig, accelerator: Accelerator | None = None) -
             "num_inference_steps": steps,
             "respace": config.respace,
             "variance_type": pipeline.scheduler.config.variance_type,
+            "speedups": pipeline.active_speedups().describe(),
             "seed": config.seed,
             "samples_dir": str(samples_dir),
         }
@@ -434,8 +437,9 @@ def evaluate(config: EvaluationConfig, accelerator: Accelerator | None = None) -
     dataset_images = None
     if "bpd" in wants:
         dataset_images = load_training_images(
-            dataset, config.bpd_split, config.image_column, resolution, channels, show_progress=is_main
-        ).images[: config.bpd_num_images]
+            dataset, config.bpd_split, config.image_column, resolution, channels, show_progress=is_main,
+            num_images=config.bpd_num_images,
+        ).images  # fmt: skip
         bound = dataset_bits_per_dim(
             pipeline.unet, pipeline.scheduler, dataset_images, accelerator, config.seed, config.bpd_batch_size
         )
@@ -460,8 +464,8 @@ def evaluate(config: EvaluationConfig, accelerator: Accelerator | None = None) -
 
         if dataset_images is None and known:
             dataset_images = load_training_images(
-                dataset, config.bpd_split, config.image_column, resolution, channels, show_progress=False
-            ).images[:2]
+                dataset, config.bpd_split, config.image_column, resolution, channels, show_progress=False, num_images=2
+            ).images
         originals = None if dataset_images is None else to_model_input(dataset_images[:2].to(accelerator.device))
         paths = write_figures(pipeline, output_dir / "figures", originals, config.seed, 64, steps)
         report["figures"] = {name: str(path) for name, path in paths.items()}
@@ -528,12 +532,15 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--inception-classifier", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (IS)")
     parser.add_argument("--cache-dir", help="weights and reference statistics cache (default: $HF_HOME/ddpm_hf)")
     parser.add_argument("--no-figures", dest="figures", action="store_false", help="skip the paper's figures")
+    add_speedup_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m ddpm_hf.evaluate") -> int:
     """`ddpm-hf evaluate` and `accelerate launch -m ddpm_hf.evaluate`: evaluate a pipeline; return the exit status."""
-    arguments = vars(build_parser(prog).parse_args(argv))
+    namespace = build_parser(prog).parse_args(argv)
+    speedups = speedups_from_arguments(namespace)
+    arguments = {**vars(namespace), "speedups": speedups}
     arguments["metrics"] = tuple(m.strip() for m in arguments["metrics"].split(",") if m.strip())
     try:
         config = EvaluationConfig(**arguments)

@@ -230,7 +230,7 @@ def _training_rows(summary: Mapping[str, Any], config: Mapping[str, Any]) -> dic
         rows["EMA decay"] = _short(config["ema_decay"]) + (" with warm-up" if config.get("ema_warmup") else "")
     if config.get("random_flip") is not None:
         rows["random horizontal flips"] = "yes" if config["random_flip"] else "no"
-    rows["mixed precision"] = config.get("mixed_precision")
+    rows["mixed precision"] = summary.get("mixed_precision", config.get("mixed_precision"))  # as resolved, not "auto"
     rows["processes"] = _count(summary.get("num_processes"))
     rows["seed"] = _count(config.get("seed"))
     rows["final loss"] = _number(summary.get("final_loss"), 4)

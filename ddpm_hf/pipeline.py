@@ -9,6 +9,7 @@ computes the paper's bound.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -24,6 +25,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 
+from .acceleration import Speedups, autocast, tf32_enabled
+from .cuda_graphs import Denoiser, GraphedReverseProcess, can_graph
 from .hub import check_pipeline_folder, download_pipeline
 from .hub import push_to_hub as push_folder_to_hub
 from .scheduler import DDPMScheduler
@@ -252,17 +255,85 @@ class DDPMPipeline(DiffusionPipeline):
         callback_on_step_end: StepCallback | None,
         callback_on_step_end_tensor_inputs: Sequence[str],
     ) -> torch.Tensor:
-        timesteps = self.scheduler.timesteps
-        for i, t in enumerate(self.progress_bar(timesteps)):
-            model_output = self.unet(image, t).sample  # ε_θ(x_t, t)
-            step = self.scheduler.step(model_output, t, image, generator=generator)
-            image = step.prev_sample  # x_{t−1} = μ_θ(x_t, t) + σ_t z
-            if on_step is not None:
-                on_step(i, int(t), image, step.pred_original_sample)
-            if callback_on_step_end is not None:
-                tensors = {"image": image} if "image" in callback_on_step_end_tensor_inputs else {}
-                image = callback_on_step_end(self, i, int(t), tensors).get("image", image)
+        speedups = self.active_speedups()
+        denoise = self._denoiser(speedups)
+        with tf32_enabled(True) if speedups.tf32 else contextlib.nullcontext():
+            if speedups.cuda_graphs and on_step is None and callback_on_step_end is None and can_graph(self.scheduler):
+                return self._graphed_reverse_process(image, denoise).run(image, generator, self.progress_bar)
+            timesteps = self.scheduler.timesteps
+            for i, t in enumerate(self.progress_bar(timesteps)):
+                model_output = denoise(image, t)  # ε_θ(x_t, t)
+                step = self.scheduler.step(model_output, t, image, generator=generator)
+                image = step.prev_sample  # x_{t−1} = μ_θ(x_t, t) + σ_t z
+                if on_step is not None:
+                    on_step(i, int(t), image, step.pred_original_sample)
+                if callback_on_step_end is not None:
+                    tensors = {"image": image} if "image" in callback_on_step_end_tensor_inputs else {}
+                    image = callback_on_step_end(self, i, int(t), tensors).get("image", image)
         return image
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Speed-ups (ddpm_hf.acceleration): bf16, TF32, channels-last, torch.compile, CUDA graphs
+    # ---------------------------------------------------------------------------------------------------------
+
+    def enable_speedups(self, speedups: Speedups | None = None) -> DDPMPipeline:
+        """Sample faster on a GPU: bf16 autocast of the UNet, TF32, channels-last, `torch.compile` and CUDA graphs
+        over the reverse loop, each switchable through `speedups` (default: all on for CUDA, off elsewhere).
+
+        x_t and the scheduler's arithmetic stay in float32 and the noise is drawn from the same generators in the
+        same order, so the images differ from those of the plain pipeline (and of `diffusers.DDPMPipeline`) only by
+        the rounding of the faster arithmetic; bf16's deviation is measured in `benchmarks/README.md`. CUDA graphs
+        are used when no step callback is given, for fixed variances; the graph of the last batch shape and chain length
+        is kept. Channels-last converts the UNet's weights in place at the first call (saving is unaffected).
+        Returns the pipeline.
+        """
+        self._speedups = speedups if speedups is not None else Speedups()
+        self._compiled_unet: tuple[UNet2DModel, torch.nn.Module] | None = None
+        self._graphs: dict[tuple, GraphedReverseProcess] = {}
+        return self
+
+    def disable_speedups(self) -> DDPMPipeline:
+        """Back to the plain computation, identical to `diffusers.DDPMPipeline`. Returns the pipeline."""
+        return self.enable_speedups(Speedups.off())
+
+    def active_speedups(self) -> Speedups:
+        """The speed-ups that sampling uses now, on the pipeline's device (all off unless `enable_speedups`)."""
+        speedups = getattr(self, "_speedups", None)
+        return Speedups.off() if speedups is None else speedups.resolve(self._execution_device)
+
+    def _denoiser(self, speedups: Speedups) -> Denoiser:
+        """The network as the reverse loop calls it, `(x_t, t) -> output`, with the speed-ups applied."""
+        if speedups == Speedups.off():
+            return lambda x, t: self.unet(x, t).sample
+        unet = self.unet
+        if speedups.channels_last:
+            unet.to(memory_format=torch.channels_last)
+        if speedups.compile:
+            if self._compiled_unet is None or self._compiled_unet[0] is not self.unet:
+                self._compiled_unet = (self.unet, torch.compile(self.unet))
+            unet = self._compiled_unet[1]
+        device = self._execution_device
+
+        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if speedups.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, speedups.bf16):
+                return unet(x, t).sample.to(x.dtype)
+
+        return denoise
+
+    def _graphed_reverse_process(self, image: torch.Tensor, denoise: Denoiser) -> GraphedReverseProcess:
+        """The captured reverse process for this batch shape, chain length, network, scheduler and speed-ups."""
+        key = (
+            tuple(image.shape), image.dtype, image.device, len(self.scheduler.timesteps), self.active_speedups(),
+            id(self.unet), repr(sorted(self.scheduler.config.items())),
+        )  # fmt: skip
+        if key not in self._graphs:
+            self._graphs.clear()  # one graph at a time: each keeps its own activation memory
+            self._graphs[key] = GraphedReverseProcess(
+                denoise, self.scheduler, tuple(image.shape), image.dtype, image.device, capture=image.is_cuda
+            )
+        return self._graphs[key]
 
     def _postprocess(self, image: torch.Tensor, output_type: str) -> Images:
         """Map [−1, 1] to [0, 1] and convert to PIL images, a NHWC numpy array or a NCHW tensor."""

@@ -23,6 +23,7 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
+from .acceleration import Speedups, add_speedup_arguments, speedups_from_arguments
 from .pipeline import DDPMPipeline
 from .seeding import stream_seed
 
@@ -37,11 +38,17 @@ def sample_seed(seed: int, index: int) -> int:
 
 
 def load_pipeline(
-    name: str | os.PathLike, device: str | torch.device, variance_type: str | None = None
+    name: str | os.PathLike,
+    device: str | torch.device,
+    variance_type: str | None = None,
+    speedups: Speedups | None = None,
 ) -> DDPMPipeline:
     """A pipeline (folder or Hub repo id) on `device`, its progress bar off, with σ_t² of the reverse process set to
-    `variance_type` ("fixed_small": σ² = β̃, "fixed_large": σ² = β, §3.2) when given."""
+    `variance_type` ("fixed_small": σ² = β̃, "fixed_large": σ² = β, §3.2) when given, and sampling with `speedups`
+    (see `DDPMPipeline.enable_speedups`) when given."""
     pipeline = DDPMPipeline.from_pretrained(name)
+    if speedups is not None:
+        pipeline.enable_speedups(speedups)
     if variance_type is not None:
         pipeline.scheduler = type(pipeline.scheduler).from_config(
             pipeline.scheduler.config, variance_type=variance_type
@@ -162,13 +169,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m ddpm_hf.sampling"
     parser.add_argument("--variance-type", choices=("fixed_small", "fixed_large"), default=None,
                         help="σ_t² of the reverse process (default: the pipeline's own)")  # fmt: skip
     parser.add_argument("--npz", type=Path, default=None, help="also pack the samples into this .npz")
+    add_speedup_arguments(parser)
     arguments = parser.parse_args(argv)
+    speedups = speedups_from_arguments(arguments)
 
     from accelerate import Accelerator
 
     state = Accelerator()  # unlike a bare PartialState, it reads `accelerate launch`'s settings (--cpu) as well
     try:
-        pipeline = load_pipeline(arguments.pipeline, state.device, arguments.variance_type)
+        pipeline = load_pipeline(arguments.pipeline, state.device, arguments.variance_type, speedups)
         drawn = generate_samples(
             pipeline,
             arguments.num_samples,

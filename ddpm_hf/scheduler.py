@@ -38,6 +38,7 @@ __all__ = [
     "DDPMScheduler",
     "DDPMSchedulerOutput",
     "ModelPrediction",
+    "StepCoefficients",
     "BETA_SCHEDULES",
     "VARIANCE_TYPES",
     "PREDICTION_TYPES",
@@ -69,6 +70,38 @@ class ModelPrediction:
     variance: torch.Tensor
     log_variance: torch.Tensor
     pred_original_sample: torch.Tensor
+
+
+@dataclass
+class StepCoefficients:
+    """The scalars of one ancestral step x_t → x_{t'} (float32, as diffusers computes them).
+
+    Attributes:
+        sqrt_alpha_prod: √ᾱ_t.
+        sqrt_beta_prod: √(1 − ᾱ_t).
+        pred_original_sample_coeff: √ᾱ_{t'} β_t / (1 − ᾱ_t), the factor of x_0 in μ̃_t (eq. 7), β_t = 1 − ᾱ_t/ᾱ_{t'}.
+        current_sample_coeff: √(ᾱ_t/ᾱ_{t'}) (1 − ᾱ_{t'}) / (1 − ᾱ_t), the factor of x_t in μ̃_t (eq. 7).
+    """
+
+    sqrt_alpha_prod: torch.Tensor
+    sqrt_beta_prod: torch.Tensor
+    pred_original_sample_coeff: torch.Tensor
+    current_sample_coeff: torch.Tensor
+
+    @classmethod
+    def stack(cls, steps: list[StepCoefficients]) -> StepCoefficients:
+        """The coefficients of many steps, each field a 1-d tensor over `steps`."""
+        return cls(**{name: torch.stack([getattr(c, name) for c in steps]) for name in cls.__dataclass_fields__})
+
+    def to(self, device: torch.device | str) -> StepCoefficients:
+        return StepCoefficients(**{name: getattr(self, name).to(device) for name in self.__dataclass_fields__})
+
+    def select(self, index: torch.Tensor) -> StepCoefficients:
+        """Step `index` (a 1-element long tensor) of stacked coefficients, each field of shape (1,): an
+        `index_select` on the tables' device, with no host synchronisation."""
+        return StepCoefficients(
+            **{name: getattr(self, name).index_select(0, index) for name in self.__dataclass_fields__}
+        )
 
 
 def respaced_timesteps(num_train_timesteps: int, num_steps: int) -> list[int]:
@@ -416,6 +449,71 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
             )
         return model_output, None
 
+    def step_coefficients(self, timestep: int, prev_timestep: int | None = None) -> StepCoefficients:
+        """The scalars of the ancestral step t → t' (t' the next timestep of the chain, −1 after the last), computed
+        in float32 from ᾱ_t and ᾱ_{t'} exactly as `diffusers.DDPMScheduler.step` computes them."""
+        t = int(timestep)
+        prev_t = int(self.previous_timestep(t)) if prev_timestep is None else int(prev_timestep)
+        # ᾱ_t, ᾱ_{t'} and the step's β_t = 1 − ᾱ_t/ᾱ_{t'}
+        alpha_prod_t = self.alphas_cumprod[t]
+        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
+        beta_prod_t = 1 - alpha_prod_t
+        beta_prod_t_prev = 1 - alpha_prod_t_prev
+        current_alpha_t = alpha_prod_t / alpha_prod_t_prev
+        current_beta_t = 1 - current_alpha_t
+        return StepCoefficients(
+            sqrt_alpha_prod=alpha_prod_t ** (0.5),
+            sqrt_beta_prod=beta_prod_t ** (0.5),
+            # the coefficients of x_0 and x_t in μ̃_t(x_t, x_0) (eq. 7)
+            pred_original_sample_coeff=(alpha_prod_t_prev ** (0.5) * current_beta_t) / beta_prod_t,
+            current_sample_coeff=current_alpha_t ** (0.5) * beta_prod_t_prev / beta_prod_t,
+        )
+
+    def posterior_mean(
+        self, coefficients: StepCoefficients, model_output: torch.Tensor, sample: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """μ_θ(x_t, t) and x̂_0 of one step from its coefficients (one value, or a 0-dim tensor on the sample's
+        device, which is what keeps `ddpm_hf.cuda_graphs`' captured step on the GPU)."""
+        c = coefficients
+        prediction_type = self.config.prediction_type
+        if prediction_type == "mean":
+            # μ_θ = the output itself (Table 2, "μ̃ prediction"); x̂_0 by solving eq. 7 for x_0
+            pred_original_sample = self._clip(
+                (model_output - c.current_sample_coeff * sample) / c.pred_original_sample_coeff
+            )
+            return model_output, pred_original_sample
+        if prediction_type == "epsilon":  # x̂_0 = (x_t − √(1−ᾱ_t) ε_θ) / √ᾱ_t   (eq. 15)
+            pred_original_sample = (sample - c.sqrt_beta_prod * model_output) / c.sqrt_alpha_prod
+        elif prediction_type == "sample":  # x̂_0 = the output
+            pred_original_sample = model_output
+        else:  # "v_prediction": x̂_0 = √ᾱ_t x_t − √(1−ᾱ_t) v  (Salimans & Ho 2022)
+            pred_original_sample = c.sqrt_alpha_prod * sample - c.sqrt_beta_prod * model_output
+        pred_original_sample = self._clip(pred_original_sample)
+        # μ_θ = μ̃_t(x_t, x̂_0)   (eq. 7 with x̂_0, equal to eq. 11 without clipping)
+        pred_prev_sample = c.pred_original_sample_coeff * pred_original_sample + c.current_sample_coeff * sample
+        return pred_prev_sample, pred_original_sample
+
+    def _noise_scale(self, t: int, prev_t: int, predicted_variance: torch.Tensor | None) -> torch.Tensor:
+        """σ_t, the factor of z in x_{t'} = μ_θ + σ_t z, from the variance `_variance` returns in its form."""
+        spread = self._variance(t, prev_t, predicted_variance)
+        variance_type = self.config.variance_type
+        if variance_type == "fixed_small_log":  # already σ_t
+            return spread
+        if variance_type in ("fixed_large_log", "learned_range"):  # log σ_t²
+            return torch.exp(0.5 * spread)
+        return spread**0.5  # σ_t²
+
+    def noise_scales(self) -> torch.Tensor:
+        """σ_t of every step of the current chain, in the order of `self.timesteps` (0 for the last step to x_0, which
+        adds no noise). Only for the fixed variances: a learned σ_t depends on the network's output."""
+        if self.config.variance_type in ("learned", "learned_range"):
+            raise ValueError(f"variance_type={self.config.variance_type!r} has no σ_t before the network runs.")
+        scales = []
+        for t in self.timesteps.tolist():
+            prev_t = int(self.previous_timestep(t))
+            scales.append(self._noise_scale(t, prev_t, None) if t > 0 else torch.zeros(()))
+        return torch.stack(scales)
+
     def step(
         self,
         model_output: torch.Tensor,
@@ -444,51 +542,15 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
         t = int(timestep)
         prev_t = int(self.previous_timestep(t))
         model_output, predicted_variance = self._split_variance(model_output, sample)
+        coefficients = self.step_coefficients(t, prev_t)
+        pred_prev_sample, pred_original_sample = self.posterior_mean(coefficients, model_output, sample)
 
-        # 1. ᾱ_t, ᾱ_{t'} and the step's β_t = 1 − ᾱ_t/ᾱ_{t'}
-        alpha_prod_t = self.alphas_cumprod[t]
-        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
-        beta_prod_t = 1 - alpha_prod_t
-        beta_prod_t_prev = 1 - alpha_prod_t_prev
-        current_alpha_t = alpha_prod_t / alpha_prod_t_prev
-        current_beta_t = 1 - current_alpha_t
-
-        # 2. coefficients of μ̃_t(x_t, x_0) (eq. 7)
-        pred_original_sample_coeff = (alpha_prod_t_prev ** (0.5) * current_beta_t) / beta_prod_t
-        current_sample_coeff = current_alpha_t ** (0.5) * beta_prod_t_prev / beta_prod_t
-
-        # 3. x̂_0 from the model output, and the mean μ_θ
-        prediction_type = self.config.prediction_type
-        if prediction_type == "mean":
-            # μ_θ = the output itself (Table 2, "μ̃ prediction"); x̂_0 by solving eq. 7 for x_0
-            pred_prev_sample = model_output
-            pred_original_sample = self._clip(
-                (model_output - current_sample_coeff * sample) / pred_original_sample_coeff
-            )
-        else:
-            if prediction_type == "epsilon":  # x̂_0 = (x_t − √(1−ᾱ_t) ε_θ) / √ᾱ_t   (eq. 15)
-                pred_original_sample = (sample - beta_prod_t ** (0.5) * model_output) / alpha_prod_t ** (0.5)
-            elif prediction_type == "sample":  # x̂_0 = the output
-                pred_original_sample = model_output
-            else:  # "v_prediction": x̂_0 = √ᾱ_t x_t − √(1−ᾱ_t) v  (Salimans & Ho 2022)
-                pred_original_sample = (alpha_prod_t**0.5) * sample - (beta_prod_t**0.5) * model_output
-            pred_original_sample = self._clip(pred_original_sample)
-            # μ_θ = μ̃_t(x_t, x̂_0)   (eq. 7 with x̂_0, equal to eq. 11 without clipping)
-            pred_prev_sample = pred_original_sample_coeff * pred_original_sample + current_sample_coeff * sample
-
-        # 4. x_{t'} = μ_θ + σ_t z, z ~ N(0, I), for t > 0 (Algorithm 2, line 3-4)
+        # x_{t'} = μ_θ + σ_t z, z ~ N(0, I), for t > 0 (Algorithm 2, line 3-4)
         if t > 0:
             noise = randn_tensor(
                 model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
             )
-            spread = self._variance(t, prev_t, predicted_variance)
-            variance_type = self.config.variance_type
-            if variance_type == "fixed_small_log":  # already σ_t
-                pred_prev_sample = pred_prev_sample + spread * noise
-            elif variance_type in ("fixed_large_log", "learned_range"):  # log σ_t²
-                pred_prev_sample = pred_prev_sample + torch.exp(0.5 * spread) * noise
-            else:  # σ_t²
-                pred_prev_sample = pred_prev_sample + (spread**0.5) * noise
+            pred_prev_sample = pred_prev_sample + self._noise_scale(t, prev_t, predicted_variance) * noise
 
         if not return_dict:
             return (pred_prev_sample, pred_original_sample)

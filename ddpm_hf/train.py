@@ -35,6 +35,7 @@ from accelerate.utils import ProjectConfiguration
 from diffusers import UNet2DModel
 from tqdm.auto import tqdm
 
+from .acceleration import Speedups, tf32_enabled, training_precision
 from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, replace_folder, save_checkpoint
 from .data import global_batch_indices, load_training_images, to_model_input
 from .ema import ExponentialMovingAverage
@@ -73,6 +74,9 @@ RESUMABLE_CHANGES = {
     "push_to_hub",
     "hub_repo_id",
     "hub_private",
+    "tf32",
+    "channels_last",
+    "torch_compile",
 }
 
 
@@ -143,15 +147,25 @@ def train(config: TrainingConfig) -> dict[str, Any]:
     `checkpoints/checkpoint-*`, and the tracker's logs in `logs/`; with `fid_steps`, also `best_pipeline/` (the EMA
     model of the step with the lowest FID so far) and `best_fid.json`.
     """
-    started = time.time()
     torch.set_flush_denormal(True)  # denormal floats (tiny Adam moments) slow CPU arithmetic down many times over
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
+        mixed_precision=training_precision(config.mixed_precision),
         log_with=None if config.report_to == "none" else config.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
+    # TF32, channels-last and torch.compile: on for CUDA unless the configuration says otherwise (ddpm_hf.acceleration)
+    speedups = Speedups(tf32=config.tf32, channels_last=config.channels_last, compile=config.torch_compile)
+    with tf32_enabled(True) if speedups.resolve(accelerator.device).tf32 else contextlib.nullcontext():
+        return _train(config, accelerator, speedups)
+
+
+def _train(config: TrainingConfig, accelerator: Accelerator, speedups: Speedups) -> dict[str, Any]:
+    """`train`'s body, under the run's Accelerator and TF32 setting."""
+    started = time.time()
+    output_dir = Path(config.output_dir)
     device, rank, num_processes = accelerator.device, accelerator.process_index, accelerator.num_processes
+    fast = speedups.resolve(device)
     is_main = accelerator.is_main_process
     if config.push_to_hub:  # a push that cannot happen fails now, not after training
         check_can_push(config.hub_repo_id)
@@ -194,6 +208,8 @@ def train(config: TrainingConfig) -> dict[str, Any]:
         unet.load_state_dict(checkpoint.model)
 
     # ---- Optimizer (Adam, as the paper), schedule, EMA ------------------------------------------------------------
+    unet.to(device, memory_format=torch.channels_last if fast.channels_last else torch.contiguous_format)
+    ema = ExponentialMovingAverage(unet, config.ema_decay, config.ema_warmup)
     optimizer = torch.optim.AdamW(
         unet.parameters(),
         lr=config.learning_rate,
@@ -203,8 +219,8 @@ def train(config: TrainingConfig) -> dict[str, Any]:
         fused=device.type == "cuda",
     )
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(config, step))
-    model, optimizer = accelerator.prepare(unet, optimizer)
-    ema = ExponentialMovingAverage(accelerator.unwrap_model(model), config.ema_decay, config.ema_warmup)
+    model, optimizer = accelerator.prepare(unet, optimizer)  # the model: `unet` itself, or DDP around it
+    forward = torch.compile(model) if fast.compile else model  # `unet` keeps the weights: EMA, checkpoints use it
     start_step = 0
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint.optimizer)
@@ -234,8 +250,7 @@ def train(config: TrainingConfig) -> dict[str, Any]:
 
     def measure_fid(step: int) -> None:
         """FID of `fid_num_samples` EMA samples (spread over the processes); keep the EMA pipeline if it is the best."""
-        pipeline = DDPMPipeline(unet=ema.model, scheduler=build_scheduler(config))
-        pipeline.set_progress_bar_config(disable=True)
+        pipeline = ema_pipeline()
         steps = config.fid_inference_steps or T
         features = sample_features(
             pipeline, inception, config.fid_num_samples, accelerator, seed=config.seed,
@@ -258,10 +273,19 @@ def train(config: TrainingConfig) -> dict[str, Any]:
             best_fid.update(step=step, fid=fid, num_samples=config.fid_num_samples, num_inference_steps=steps)
             best_fid_path.write_text(json.dumps(best_fid, indent=2) + "\n")
 
+    sampling_pipeline: list[DDPMPipeline] = []
+
+    def ema_pipeline() -> DDPMPipeline:
+        """The EMA network as a pipeline with the run's speed-ups (built once: compilation and CUDA graphs are kept)."""
+        if not sampling_pipeline:
+            pipeline = DDPMPipeline(unet=ema.model, scheduler=build_scheduler(config))
+            pipeline.set_progress_bar_config(disable=True)
+            sampling_pipeline.append(pipeline.enable_speedups(speedups))
+        return sampling_pipeline[0]
+
     def sample_grid(step: int) -> None:
         """Draw `num_sample_images` from the EMA network and save a grid (main process only)."""
-        pipeline = DDPMPipeline(unet=ema.model, scheduler=build_scheduler(config))
-        pipeline.set_progress_bar_config(disable=True)
+        pipeline = ema_pipeline()
         generators = [torch.Generator(device).manual_seed(config.seed + i) for i in range(config.num_sample_images)]
         steps = config.sample_inference_steps or config.num_train_timesteps
         samples = pipeline(config.num_sample_images, generator=generators, num_inference_steps=steps).images
@@ -287,7 +311,7 @@ def train(config: TrainingConfig) -> dict[str, Any]:
 
     def replica_spread() -> float:
         """The largest difference between processes of a fingerprint of the weights (0: in sync)."""
-        parameters = list(accelerator.unwrap_model(model).parameters())
+        parameters = list(unet.parameters())
         fingerprint = torch.stack(
             [
                 sum(p.detach().double().sum() for p in parameters),
@@ -307,7 +331,8 @@ def train(config: TrainingConfig) -> dict[str, Any]:
         # One random stream per optimizer step, the same on every process: the global batch's rows, flips,
         # timesteps and noise do not depend on the number of processes.
         generator = torch.Generator(device).manual_seed(stream_seed(config.seed, 1, step))
-        rows = global_batch_indices(num_images, B, config.seed, step).to(images.device)
+        rows = global_batch_indices(num_images, B, config.seed, step)
+        rows = rows.pin_memory().to(images.device, non_blocking=True) if images.is_cuda else rows
         flips = torch.rand(B, generator=generator, device=device) < 0.5 if config.random_flip else None
         timesteps = torch.randint(0, T, (B,), generator=generator, device=device)  # t ~ Uniform({1, …, T})
         noise = torch.randn((B, channels, resolution, resolution), generator=generator, device=device)  # ε ~ N(0, I)
@@ -321,9 +346,11 @@ def train(config: TrainingConfig) -> dict[str, Any]:
             )
             t, eps = timesteps[mine], noise[mine]
             x_t = scheduler.add_noise(x_0, eps, t)  # x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε   (eq. 4)
+            if fast.channels_last:
+                x_t = x_t.contiguous(memory_format=torch.channels_last)
             sync = micro_step == A - 1  # gradients are averaged over processes once per optimizer step
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                model_output = model(x_t, t).sample  # ε_θ(x_t, t)
+                model_output = forward(x_t, t).sample  # ε_θ(x_t, t)
                 loss = scheduler.training_loss(model_output.float(), x_0, eps, t, config.loss_type).mean()  # eq. 14
                 accelerator.backward(loss / A)
             step_loss += loss.detach() / A
@@ -332,7 +359,7 @@ def train(config: TrainingConfig) -> dict[str, Any]:
         optimizer.step()
         lr_schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        ema.update(accelerator.unwrap_model(model))
+        ema.update(unet)
 
         first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(step_loss), step, first_bad_step)
         window_loss += step_loss
@@ -368,7 +395,7 @@ def train(config: TrainingConfig) -> dict[str, Any]:
                 save_checkpoint(
                     checkpoints_dir,
                     done,
-                    model=accelerator.unwrap_model(model).state_dict(),
+                    model=unet.state_dict(),
                     ema=ema.state_dict(),
                     optimizer=optimizer.state_dict(),
                     state={
@@ -409,6 +436,8 @@ def train(config: TrainingConfig) -> dict[str, Any]:
             "wall_time_seconds": time.time() - started,
             "final_loss": metrics[-1]["loss"] if metrics else loss_value,
             "num_processes": num_processes,
+            "mixed_precision": accelerator.mixed_precision,
+            "speedups": fast.describe(),
             "parameters": sum(p.numel() for p in ema.model.parameters()),
             "dataset": {"source": data.source, "split": data.split, "column": data.column, "num_images": num_images},
             "pipeline": str(pipeline_dir),

@@ -24,7 +24,7 @@ from .unet import PRESETS as UNET_PRESETS
 
 __all__ = ["TrainingConfig", "TRAINING_PRESETS", "parse_training_config", "load_config_file", "build_parser"]
 
-MIXED_PRECISION = ("no", "fp16", "bf16")
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
 
@@ -70,7 +70,14 @@ class TrainingConfig:
     max_grad_norm: float | None = _help("clip the gradient norm to this; none: no clipping", 1.0)
     ema_decay: float = _help("decay of the exponential moving average of the weights", 0.9999)
     ema_warmup: bool = _help("use min(decay, (1+n)/(10+n)) early on", False)
-    mixed_precision: str = _help(f"one of {', '.join(MIXED_PRECISION)}", "no")
+    mixed_precision: str = _help(
+        f"one of {', '.join(MIXED_PRECISION)}; auto: `accelerate launch`'s choice, else bf16 on CUDA GPUs that have it",
+        "auto",
+    )
+    # Speed-ups (ddpm_hf.acceleration): none (auto) turns each on for CUDA GPUs only
+    tf32: bool | None = _help("TF32 matrix products and convolutions; auto: on CUDA GPUs", None)
+    channels_last: bool | None = _help("channels-last (NHWC) UNet weights and inputs; auto: on CUDA GPUs", None)
+    torch_compile: bool | None = _help("compile the UNet with torch.compile; auto: on CUDA GPUs", None)
     seed: int = _help("the run is a function of the configuration and this seed", 0)
     # Outputs
     output_dir: str = _help("where the pipeline, checkpoints, samples and logs go", "outputs/ddpm")
@@ -227,7 +234,7 @@ def _parse_value(name: str, text: str) -> Any:
     """Turn a command-line string into the field's type; "none" gives None for optional fields."""
     kind = _field_type(name)
     optional = type(None) in typing.get_args(typing.get_type_hints(TrainingConfig)[name])
-    if optional and text.lower() in ("none", "null"):
+    if optional and text.lower() in ("none", "null", "auto"):
         return None
     if kind is bool:
         if text.lower() in ("true", "yes", "1", "on"):
@@ -248,7 +255,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     for name, spec in _FIELDS.items():
         flag = f"--{name.replace('_', '-')}"
         default = spec.default
-        help_text = f"{spec.metadata['help']} (default: {default})"
+        help_text = (
+            f"{spec.metadata['help']} (default: {'auto' if default is None and _field_type(name) is bool else default})"
+        )
         if _field_type(name) is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:

@@ -52,3 +52,13 @@ def tiny_unet() -> UNet2DModel:
     """A freshly initialised `ddpm-tiny` UNet (16×16, every kind of block), with the same weights in every test."""
     torch.manual_seed(0)
     return create_unet("ddpm-tiny")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module whose tensors are tiny: more threads only add synchronisation, which makes such
+    tests several times slower on a busy 2-core machine. Use with `pytestmark = pytest.mark.usefixtures(...)`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -101,6 +101,17 @@ class TestLoading:
 
 
 class TestDecoding:
+    def test_only_the_first_num_images_rows_are_decoded(self, tmp_path):
+        """Evaluation decodes what it uses (two images for the figures, the first N for the NLL), not the split."""
+        rows = [{"bytes": png_bytes(PIL.Image.new("RGB", (8, 8), (10 * i, 0, 0))), "path": None} for i in range(4)]
+        rows.append({"bytes": b"not an image at all", "path": None})  # never read: past the first four
+        dataset = datasets.Dataset.from_dict({"img": rows}).cast_column("img", datasets.Image())
+        datasets.DatasetDict({"test": dataset}).save_to_disk(str(tmp_path / "saved"))
+        data = load_training_images(str(tmp_path / "saved"), "test", None, 8, 3, show_progress=False, num_images=4)
+        assert data.images.shape == (4, 3, 8, 8) and data.images[:, 0, 0, 0].tolist() == [0, 10, 20, 30]
+        with pytest.raises(ValueError, match="row 4"):
+            load_training_images(str(tmp_path / "saved"), "test", None, 8, 3, show_progress=False)
+
     def test_an_unreadable_image_is_reported_with_its_row(self):
         rows = [{"bytes": png_bytes(PIL.Image.new("RGB", (8, 8))), "path": None}] * 5
         rows[3] = {"bytes": b"not an image at all", "path": None}

@@ -18,6 +18,7 @@ from processes import accelerate_launch
 from shared_data import WEIGHTS, needs_weights
 
 from ddpm_hf import DDPMPipeline, DDPMScheduler
+from ddpm_hf.acceleration import Speedups
 from ddpm_hf.data import load_training_images, to_model_input
 from ddpm_hf.evaluate import (
     EvaluationConfig,
@@ -131,6 +132,7 @@ def test_the_command_writes_the_report_the_figures_and_prints_the_table(pipeline
     statistics = Path(fid["reference"]["statistics_file"])
     assert statistics.is_file() and statistics.parent == cache / "fid_reference"
     assert report["sampling"]["num_samples"] == 16 and report["sampling"]["num_inference_steps"] == 10
+    assert report["sampling"]["speedups"] == Speedups.off().describe()  # "auto" on the CPU: the plain computation
     assert sorted(p.name for p in (output / "samples").iterdir()) == [f"{i:06d}.png" for i in range(16)]
 
     # the FID is that of the written samples against the first 24 training images, recomputed independently

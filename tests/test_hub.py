@@ -49,7 +49,10 @@ from ddpm_hf.training_config import TrainingConfig
 
 diffusers_logging.disable_progress_bar()
 # huggingface_hub's own LFS upload passes a file as `data=`, which httpx deprecates: not this package's to fix.
-pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 TOKEN = "hf_DDPMtestTOKEN0x5eCr3t0nEVERshown"  # alice's: distinctive, to look for wherever it must not be
 BOB_TOKEN = "hf_bobTOKEN0000000000000000000000"
@@ -66,14 +69,6 @@ STANDARD_LAYOUT = {
 # -------------------------------------------------------------------------------------------------------------
 # Fixtures and helpers
 # -------------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

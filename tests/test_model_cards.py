@@ -73,6 +73,8 @@ def training_summary(**config_overrides) -> dict:
         "wall_time_seconds": 99_000.0,
         "final_loss": 0.0312,
         "num_processes": 8,
+        "mixed_precision": "bf16",  # what the run's "auto" resolved to
+        "speedups": {"bf16": True, "tf32": True, "channels_last": True, "compile": True, "cuda_graphs": True},
         "parameters": 35_746_307,
         "dataset": {"source": config.dataset, "split": "train", "column": "img", "num_images": 50000},
         "pipeline": f"{LOCAL}/ddpm/pipeline",
@@ -224,6 +226,7 @@ def test_the_text_has_the_model_training_sample_grid_and_citation():
     assert "| global batch | 128 |" in text and "| optimizer steps | 800,000 |" in text
     assert "| EMA decay | 0.9999 |" in text and "| gradient clipping | global norm 1 |" in text
     assert "| wall time | 27 h 30 min |" in text
+    assert "| mixed precision | bf16 |" in text  # as the run resolved it, not the configuration's "auto"
     assert "- `model_index.json`" in text
     assert "@inproceedings{ho2020denoising," in text
     assert '"learning_rate": 0.0002' in text  # the full configuration, in a collapsed section

@@ -80,6 +80,29 @@ def test_one_and_two_processes_draw_the_same_images(pipeline, tmp_path):
     assert np.array_equal(np.load(tmp_path / "two.npz")["arr_0"], load_samples(tmp_path / "one", 6))
 
 
+def test_the_speedup_options_sample_the_same_images_up_to_rounding(pipeline, tmp_path):
+    """`--channels-last on --bf16 on` (forced on the CPU; on CUDA they are the default) draws the same images from the
+    same seeds as the plain computation, up to bf16's rounding: a few levels of 255 at most."""
+    pipeline.save_pretrained(tmp_path / "pipeline")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = [str(tmp_path / "pipeline"), "--num-samples", "4", "--num-inference-steps", "10"]
+    plain_command = ["ddpm-hf", "sample", *common, "--output-dir", str(tmp_path / "plain")]
+    fast_command = ["ddpm-hf", "sample", *common, "--output-dir", str(tmp_path / "fast"), "--channels-last", "on",
+                    "--bf16", "on"]  # fmt: skip
+    plain = subprocess.run(plain_command, capture_output=True, text=True, env=env)
+    fast = subprocess.run(fast_command, capture_output=True, text=True, env=env)
+    assert plain.returncode == 0 and fast.returncode == 0, plain.stderr[-2000:] + fast.stderr[-2000:]
+    difference = np.abs(load_samples(tmp_path / "fast", 4).astype(int) - load_samples(tmp_path / "plain", 4))
+    assert difference.max() <= 8 and difference.mean() < 0.5
+
+
+def test_a_bad_speedup_option_is_a_usage_error(tmp_path):
+    command = ["ddpm-hf", "sample", str(tmp_path), "--num-samples", "2", "--output-dir", str(tmp_path / "out"),
+               "--compile", "sometimes"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 2 and "--compile" in result.stderr and not (tmp_path / "out").exists()
+
+
 def test_a_missing_pipeline_is_a_clear_error(tmp_path):
     result = subprocess.run(["ddpm-hf", "sample", str(tmp_path / "nothing"), "--num-samples", "2",
                              "--output-dir", str(tmp_path / "out")], capture_output=True, text=True)  # fmt: skip

@@ -211,6 +211,43 @@ def test_the_papers_other_objectives_precision_and_unet_files_train(tmp_path, ar
         assert pipeline.unet.config.out_channels == 6
 
 
+def test_channels_last_and_compile_follow_the_plain_loss_curve_and_save_the_same_kind_of_weights(tmp_path):
+    """Forced on the CPU (they are on by default on CUDA only): the first step's loss is the plain run's (same batch,
+    noise and weights) and the next ones follow it up to the rounding that Adam amplifies; the checkpoint and the
+    pipeline hold ordinary (contiguous) safetensors that plain diffusers loads."""
+    common = [*TINY, "--max-train-steps", "6", "--checkpointing-steps", "6"]
+    fast, plain = tmp_path / "fast", tmp_path / "plain"
+    result = run(train_command(*common, "--output-dir", str(fast), "--channels-last", "--torch-compile"), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert run(train_command(*common, "--output-dir", str(plain))).returncode == 0
+    fast_losses, plain_losses = [r["loss"] for r in metrics(fast)], [r["loss"] for r in metrics(plain)]
+    assert fast_losses[0] == pytest.approx(plain_losses[0], rel=1e-5)
+    assert fast_losses == pytest.approx(plain_losses, rel=0.05)
+    summary = json.loads((fast / "training_summary.json").read_text())
+    assert summary["speedups"]["channels_last"] and summary["speedups"]["compile"]
+    tensors = checkpoint_tensors(fast, 6)
+    assert all(t.is_contiguous() for group in tensors.values() for t in group.values())
+    pipeline = diffusers.DDPMPipeline.from_pretrained(fast / "pipeline")
+    assert torch.equal(pipeline.unet.conv_in.weight, tensors["ema"]["conv_in.weight"])
+
+
+def test_bf16_training_follows_the_float32_loss_curve(tmp_path):
+    """A short run in bf16 autocast reaches the loss of the same run in float32: the mean loss of every window of 25
+    steps agrees within 5%, and both fall."""
+    common = [*TINY, "--max-train-steps", "150", "--train-batch-size", "16", "--logging-steps", "25",
+              "--checkpointing-steps", "1000"]  # fmt: skip
+    curves = {}
+    for precision in ("bf16", "no"):
+        result = run(train_command(*common, "--mixed-precision", precision, "--output-dir", str(tmp_path / precision)))
+        assert result.returncode == 0, result.stderr[-3000:]
+        curves[precision] = [row["loss"] for row in metrics(tmp_path / precision)]
+    assert len(curves["bf16"]) == 6
+    assert curves["bf16"] == pytest.approx(curves["no"], rel=0.05)
+    assert curves["bf16"][-1] < 0.8 * curves["bf16"][0] and curves["no"][-1] < 0.8 * curves["no"][0]
+    summary = json.loads((tmp_path / "bf16" / "training_summary.json").read_text())
+    assert summary["mixed_precision"] == "bf16"
+
+
 @pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory) -> Path:
     """`ddpm-hf train` as the README runs it (the quickstart preset on the built-in shapes), with faster grids."""
@@ -237,6 +274,9 @@ def test_training_writes_pipeline_grids_curve_summary_logs_and_checkpoints(quick
     assert summary["steps"] == 1200 and summary["images_seen"] == 1200 * 64
     assert summary["dataset"]["source"] == "builtin:shapes" and summary["config"]["preset"] == "quickstart"
     assert summary["final_loss"] < 0.2 and summary["wall_time_seconds"] > 0
+    # the defaults ("auto") on a CPU: no mixed precision, no GPU speed-ups
+    assert summary["config"]["mixed_precision"] == "auto" and summary["mixed_precision"] == "no"
+    assert not any(summary["speedups"].values())
     index = json.loads((quickstart_run / "pipeline" / "model_index.json").read_text())
     assert index["unet"] == ["diffusers", "UNet2DModel"] and index["scheduler"] == ["diffusers", "DDPMScheduler"]
     assert (quickstart_run / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").is_file()

@@ -1,0 +1,109 @@
+"""Specification of `ddpm_hf.acceleration`: which speed-ups apply where, and the switches that set them."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from ddpm_hf.acceleration import (
+    Speedups,
+    add_speedup_arguments,
+    autocast,
+    speedups_from_arguments,
+    tf32_enabled,
+    training_precision,
+)
+
+ALL_ON = Speedups(bf16=True, tf32=True, channels_last=True, compile=True, cuda_graphs=True)
+
+
+class TestResolve:
+    def test_by_default_nothing_is_on_for_the_cpu(self):
+        assert Speedups().resolve("cpu") == Speedups.off()
+
+    def test_by_default_everything_but_bf16_is_on_for_cuda_and_bf16_where_the_gpu_has_it(self):
+        resolved = Speedups().resolve("cuda")
+        assert resolved.tf32 and resolved.channels_last and resolved.compile and resolved.cuda_graphs
+        assert resolved.bf16 == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+    def test_forced_on_the_cpu_runs_channels_last_compile_and_bf16_but_never_the_cuda_only_ones(self):
+        resolved = ALL_ON.resolve("cpu")
+        assert (resolved.bf16, resolved.channels_last, resolved.compile) == (True, True, True)
+        assert (resolved.tf32, resolved.cuda_graphs) == (False, False)
+
+    def test_forced_off_stays_off_on_cuda(self):
+        assert Speedups.off().resolve("cuda") == Speedups.off()
+
+    def test_resolved_settings_are_all_booleans(self):
+        for device in ("cpu", "cuda"):
+            assert all(isinstance(value, bool) for value in Speedups().resolve(device).describe().values())
+
+
+def test_tf32_enabled_sets_matmul_and_cudnn_tf32_and_restores_them_after():
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    with tf32_enabled(True):
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cudnn.allow_tf32
+    with tf32_enabled(False):
+        assert torch.get_float32_matmul_precision() == "highest"
+        assert not torch.backends.cudnn.allow_tf32
+    assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == before
+
+
+def test_tf32_enabled_restores_the_settings_after_an_error():
+    before = torch.get_float32_matmul_precision()
+    with pytest.raises(RuntimeError), tf32_enabled(before == "highest"):
+        raise RuntimeError("boom")
+    assert torch.get_float32_matmul_precision() == before
+
+
+def test_autocast_runs_matrix_products_in_bf16_only_when_asked():
+    a, b = torch.randn(4, 8), torch.randn(8, 3)
+    with autocast(torch.device("cpu"), bf16=True):
+        assert (a @ b).dtype == torch.bfloat16
+    with autocast(torch.device("cpu"), bf16=False):
+        assert (a @ b).dtype == torch.float32
+
+
+class TestTrainingPrecision:
+    @pytest.mark.parametrize("requested", ["no", "fp16", "bf16"])
+    def test_an_explicit_choice_is_kept(self, requested, monkeypatch):
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+        assert training_precision(requested) == requested
+
+    def test_auto_takes_accelerate_launchs_choice(self, monkeypatch):
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+        assert training_precision("auto") == "fp16"
+
+    def test_auto_without_a_launcher_choice_is_bf16_on_a_gpu_that_has_it_and_none_elsewhere(self, monkeypatch):
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+        monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+        expected = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        assert training_precision("auto") == expected
+
+    def test_auto_on_a_cpu_launch_is_none(self, monkeypatch):
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+        monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+        assert training_precision("auto") == "no"
+
+
+class TestCommandLine:
+    def parse(self, *argv: str) -> Speedups:
+        parser = argparse.ArgumentParser()
+        add_speedup_arguments(parser)
+        return speedups_from_arguments(parser.parse_args(list(argv)))
+
+    def test_no_option_is_auto_for_every_speedup(self):
+        assert self.parse() == Speedups()
+
+    def test_each_option_takes_on_off_or_auto(self):
+        parsed = self.parse("--bf16", "off", "--tf32", "on", "--channels-last", "auto", "--compile", "no")
+        assert parsed == Speedups(bf16=False, tf32=True, channels_last=None, compile=False, cuda_graphs=None)
+        assert self.parse("--cuda-graphs", "OFF").cuda_graphs is False
+
+    def test_another_value_is_an_error_naming_the_option(self, capsys):
+        with pytest.raises(SystemExit):
+            self.parse("--compile", "maybe")
+        assert "--compile" in capsys.readouterr().err
