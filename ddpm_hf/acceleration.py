@@ -9,10 +9,11 @@
   graph and replayed for every t (see `ddpm_hf.cuda_graphs`).
 
 A setting of `None` means "where it is safe": on a CUDA device, and off elsewhere. `True` or `False` forces it;
-channels-last, compile and bf16 also run on the CPU when forced (the tests do, gaining nothing there), while TF32 and
-CUDA graphs exist on CUDA only and stay off elsewhere. None of them changes what is computed beyond floating-point
-rounding, except bf16, whose deviation from float32 is measured (`benchmarks/README.md`); the plain
-`DDPMPipeline.__call__` stays bit-identical to `diffusers.DDPMPipeline` unless `enable_speedups` is called.
+channels-last, compile and bf16 also run on the CPU when forced (the tests do), and `cuda_graphs` forced on the CPU
+runs the same fixed-buffer reverse step without capturing it; TF32 exists on CUDA only and stays off elsewhere.
+None of them changes what is computed beyond floating-point rounding, except bf16, whose deviation from float32 is
+measured (`benchmarks/README.md`); the plain `DDPMPipeline.__call__` stays bit-identical to `diffusers.DDPMPipeline`
+unless `enable_speedups` is called.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class Speedups:
             tf32=cuda and self.tf32 is not False,
             channels_last=cuda if self.channels_last is None else self.channels_last,
             compile=cuda if self.compile is None else self.compile,
-            cuda_graphs=cuda and self.cuda_graphs is not False,
+            cuda_graphs=cuda if self.cuda_graphs is None else self.cuda_graphs,
         )
 
     def describe(self) -> dict[str, bool | None]:

@@ -371,7 +371,8 @@ def evaluate(config: EvaluationConfig, accelerator: Accelerator | None = None) -
         load_image_dataset(dataset, config.bpd_split, cache_dir=None)
     inception = None
     if wants & {"fid", "is"}:
-        inception = load_inception(config.inception_weights, config.cache_dir, accelerator.device)
+        weights = find_inception_weights(config.inception_weights, config.cache_dir)
+        inception = load_inception(weights, device=accelerator.device)
     output_dir = Path(config.output_dir) if config.output_dir else _default_output_dir(config.pipeline)
     pipeline = load_pipeline(config.pipeline, accelerator.device, config.variance_type, config.speedups)
     channels, resolution, _ = pipeline.image_shape
@@ -400,7 +401,6 @@ def evaluate(config: EvaluationConfig, accelerator: Accelerator | None = None) -
             pipeline, inception, config.num_samples, accelerator, samples_dir, config.seed, config.batch_size,
             steps, config.respace,
         )  # fmt: skip
-        weights = find_inception_weights(config.inception_weights, config.cache_dir)
         extractor = {"file": str(weights), "sha256": INCEPTION_SHA256}
         if "fid" in wants:
             reference = reference_statistics(

@@ -21,6 +21,7 @@ from pathlib import Path
 import PIL.Image
 import torch
 
+from .acceleration import add_speedup_arguments, speedups_from_arguments
 from .pipeline import DDPMPipeline
 from .plots import save_image_grid
 
@@ -100,10 +101,12 @@ def main(argv: list[str] | None = None, prog: str = "ddpm-hf figures") -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-samples", type=int, default=64)
     parser.add_argument("--num-inference-steps", type=int, default=None, help="default: T")
+    add_speedup_arguments(parser)
     arguments = parser.parse_args(argv)
+    speedups = speedups_from_arguments(arguments)
     try:
         pipeline = DDPMPipeline.from_pretrained(arguments.pipeline)
-        pipeline.to("cuda" if torch.cuda.is_available() else "cpu")
+        pipeline.to("cuda" if torch.cuda.is_available() else "cpu").enable_speedups(speedups)
         images = None
         if arguments.dataset is not None:
             from .data import load_training_images, to_model_input

@@ -261,8 +261,10 @@ class DDPMPipeline(DiffusionPipeline):
             if speedups.cuda_graphs and on_step is None and callback_on_step_end is None and can_graph(self.scheduler):
                 return self._graphed_reverse_process(image, denoise).run(image, generator, self.progress_bar)
             timesteps = self.scheduler.timesteps
+            # with speed-ups the network reads t from the device: no host-to-device copy (and wait) per step
+            network_timesteps = timesteps if speedups == Speedups.off() else timesteps.to(image.device)
             for i, t in enumerate(self.progress_bar(timesteps)):
-                model_output = denoise(image, t)  # ε_θ(x_t, t)
+                model_output = denoise(image, network_timesteps[i])  # ε_θ(x_t, t)
                 step = self.scheduler.step(model_output, t, image, generator=generator)
                 image = step.prev_sample  # x_{t−1} = μ_θ(x_t, t) + σ_t z
                 if on_step is not None:

@@ -28,10 +28,11 @@ class TestResolve:
         assert resolved.tf32 and resolved.channels_last and resolved.compile and resolved.cuda_graphs
         assert resolved.bf16 == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
-    def test_forced_on_the_cpu_runs_channels_last_compile_and_bf16_but_never_the_cuda_only_ones(self):
+    def test_forced_on_the_cpu_everything_runs_but_tf32_which_exists_on_cuda_only(self):
+        """(CUDA graphs forced on the CPU run the same fixed-buffer step, uncaptured.)"""
         resolved = ALL_ON.resolve("cpu")
-        assert (resolved.bf16, resolved.channels_last, resolved.compile) == (True, True, True)
-        assert (resolved.tf32, resolved.cuda_graphs) == (False, False)
+        assert (resolved.bf16, resolved.channels_last, resolved.compile, resolved.cuda_graphs) == (True,) * 4
+        assert resolved.tf32 is False
 
     def test_forced_off_stays_off_on_cuda(self):
         assert Speedups.off().resolve("cuda") == Speedups.off()

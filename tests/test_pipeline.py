@@ -796,6 +796,39 @@ class TestSpeedups:
         pipe.enable_speedups(ddpm_hf.Speedups(compile=True))
         np.testing.assert_allclose(self.images(pipe, steps=5), expected, rtol=0, atol=1e-5)
 
+    def test_cuda_graphs_forced_on_the_cpu_run_the_buffered_step_and_give_the_same_images(self, pipe):
+        """Off CUDA the graph is not captured; the same fixed-buffer step runs eagerly. One process is kept for the
+        last batch shape and chain length."""
+        expected = self.images(pipe)
+        pipe.enable_speedups(ddpm_hf.Speedups(cuda_graphs=True))
+        np.testing.assert_allclose(self.images(pipe), expected, rtol=0, atol=1e-5)
+        (kept,) = pipe._graphs.values()
+        np.testing.assert_allclose(self.images(pipe), expected, rtol=0, atol=1e-5)
+        assert list(pipe._graphs.values()) == [kept] and kept.graph is None
+        pipe(2, generator=generators(1, 2), num_inference_steps=5)
+        assert len(pipe._graphs) == 1 and kept not in pipe._graphs.values()
+
+    def test_cuda_graphs_leave_callbacks_and_learned_variances_to_the_step_loop(self, tiny_unet):
+        """A per-step callback sees every x_t, and a learned σ_t needs the network's output: the plain loop runs."""
+        seen = []
+
+        def callback(pipeline, i, t, tensors):
+            seen.append(t)
+            return tensors
+
+        pipeline = quiet(ddpm_hf.DDPMPipeline(tiny_unet, ddpm_hf.DDPMScheduler(num_train_timesteps=T)))
+        pipeline.enable_speedups(ddpm_hf.Speedups(cuda_graphs=True))
+        pipeline(1, num_inference_steps=4, callback_on_step_end=callback)
+        assert len(seen) == 4 and not pipeline._graphs
+        learned = quiet(
+            ddpm_hf.DDPMPipeline(
+                ddpm_hf.create_unet("ddpm-tiny", out_channels=6),
+                ddpm_hf.DDPMScheduler(num_train_timesteps=T, variance_type="learned_range"),
+            )
+        ).enable_speedups(ddpm_hf.Speedups(cuda_graphs=True))
+        assert learned(1, num_inference_steps=4, output_type="np").images.shape == (1, SIZE, SIZE, 3)
+        assert not learned._graphs
+
     def test_disable_speedups_returns_to_the_plain_computation(self, pipe):
         expected = self.images(pipe)
         pipe.enable_speedups(ddpm_hf.Speedups(bf16=True)).disable_speedups()
