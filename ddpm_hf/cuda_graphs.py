@@ -70,29 +70,31 @@ class GraphedReverseProcess:
         self.x = torch.zeros(shape, dtype=dtype, device=device)  # x_t, overwritten in place by x_{t'}
         self.noise = torch.zeros(shape, dtype=dtype, device=device)  # z of the current step (0 at the last)
         self.index = torch.zeros(1, dtype=torch.long, device=device)  # i: the step, t = timesteps[i]
-        self.timesteps = torch.zeros(self.num_steps, dtype=torch.long, device=device)
-        self.coefficients = StepCoefficients.stack(
-            [scheduler.step_coefficients(t) for t in scheduler.timesteps.tolist()]
-        ).to(device)
-        self.noise_scales = torch.zeros(self.num_steps, device=device)
-        self._load_chain()
+        # the tables the step reads, indexed by i; `_load_chain` refills them in place for each run
+        timesteps, coefficients, noise_scales = self._chain_tables()
+        self.timesteps, self.coefficients = timesteps.to(device), coefficients.to(device)
+        self.noise_scales = noise_scales.to(device)
         self.graph: torch.cuda.CUDAGraph | None = None
         if capture:
             self._capture(warmup_steps)
 
-    def _load_chain(self) -> None:
-        """Copy the scheduler's current chain (timesteps, coefficients, σ_t) into the step's tables."""
-        scheduler = self.scheduler
-        timesteps = scheduler.timesteps.tolist()
+    def _chain_tables(self) -> tuple[torch.Tensor, StepCoefficients, torch.Tensor]:
+        """The scheduler's current chain on the host: its timesteps, each step's coefficients, and σ_t."""
+        timesteps = self.scheduler.timesteps.tolist()
         if len(timesteps) != self.num_steps:
             raise ValueError(
                 f"this graph samples chains of {self.num_steps} steps, the scheduler has {len(timesteps)}."
             )
-        self.timesteps.copy_(torch.tensor(timesteps))
-        tables = StepCoefficients.stack([scheduler.step_coefficients(t) for t in timesteps])
+        coefficients = StepCoefficients.stack([self.scheduler.step_coefficients(t) for t in timesteps])
+        return torch.tensor(timesteps), coefficients, self.scheduler.noise_scales()
+
+    def _load_chain(self) -> None:
+        """Copy the scheduler's current chain into the step's tables, in place (the graph reads their memory)."""
+        timesteps, coefficients, noise_scales = self._chain_tables()
+        self.timesteps.copy_(timesteps)
         for name in StepCoefficients.__dataclass_fields__:
-            getattr(self.coefficients, name).copy_(getattr(tables, name))
-        self.noise_scales.copy_(scheduler.noise_scales())
+            getattr(self.coefficients, name).copy_(getattr(coefficients, name))
+        self.noise_scales.copy_(noise_scales)
 
     def _step(self) -> None:
         """x ← μ̃_t(x, x̂_0(x, ε_θ(x, t))) + σ_t z for the step `self.index`, all on the device."""

@@ -259,7 +259,8 @@ class DDPMPipeline(DiffusionPipeline):
         denoise = self._denoiser(speedups)
         with tf32_enabled(True) if speedups.tf32 else contextlib.nullcontext():
             if speedups.cuda_graphs and on_step is None and callback_on_step_end is None and can_graph(self.scheduler):
-                return self._graphed_reverse_process(image, denoise).run(image, generator, self.progress_bar)
+                graphed = self._graphed_reverse_process(image, denoise, speedups)
+                return graphed.run(image, generator, self.progress_bar)
             timesteps = self.scheduler.timesteps
             # with speed-ups the network reads t from the device: no host-to-device copy (and wait) per step
             network_timesteps = timesteps if speedups == Speedups.off() else timesteps.to(image.device)
@@ -324,10 +325,12 @@ class DDPMPipeline(DiffusionPipeline):
 
         return denoise
 
-    def _graphed_reverse_process(self, image: torch.Tensor, denoise: Denoiser) -> GraphedReverseProcess:
+    def _graphed_reverse_process(
+        self, image: torch.Tensor, denoise: Denoiser, speedups: Speedups
+    ) -> GraphedReverseProcess:
         """The captured reverse process for this batch shape, chain length, network, scheduler and speed-ups."""
         key = (
-            tuple(image.shape), image.dtype, image.device, len(self.scheduler.timesteps), self.active_speedups(),
+            tuple(image.shape), image.dtype, image.device, len(self.scheduler.timesteps), speedups,
             id(self.unet), repr(sorted(self.scheduler.config.items())),
         )  # fmt: skip
         if key not in self._graphs:

@@ -94,6 +94,7 @@ class StepCoefficients:
         return cls(**{name: torch.stack([getattr(c, name) for c in steps]) for name in cls.__dataclass_fields__})
 
     def to(self, device: torch.device | str) -> StepCoefficients:
+        """The same coefficients on `device`."""
         return StepCoefficients(**{name: getattr(self, name).to(device) for name in self.__dataclass_fields__})
 
     def select(self, index: torch.Tensor) -> StepCoefficients:
@@ -472,8 +473,9 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
     def posterior_mean(
         self, coefficients: StepCoefficients, model_output: torch.Tensor, sample: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """μ_θ(x_t, t) and x̂_0 of one step from its coefficients (one value, or a 0-dim tensor on the sample's
-        device, which is what keeps `ddpm_hf.cuda_graphs`' captured step on the GPU)."""
+        """μ_θ(x_t, t) and x̂_0 of one step from its coefficients: 0-dim host tensors (`step_coefficients`), or
+        1-element tensors on the sample's device (`StepCoefficients.select`), which keep `ddpm_hf.cuda_graphs`'
+        captured step on the GPU."""
         c = coefficients
         prediction_type = self.config.prediction_type
         if prediction_type == "mean":

@@ -156,16 +156,16 @@ def train(config: TrainingConfig) -> dict[str, Any]:
     )
     # TF32, channels-last and torch.compile: on for CUDA unless the configuration says otherwise (ddpm_hf.acceleration)
     speedups = Speedups(tf32=config.tf32, channels_last=config.channels_last, compile=config.torch_compile)
-    with tf32_enabled(True) if speedups.resolve(accelerator.device).tf32 else contextlib.nullcontext():
-        return _train(config, accelerator, speedups)
+    fast = speedups.resolve(accelerator.device)  # each True or False on this device
+    with tf32_enabled(True) if fast.tf32 else contextlib.nullcontext():
+        return _train(config, accelerator, fast)
 
 
-def _train(config: TrainingConfig, accelerator: Accelerator, speedups: Speedups) -> dict[str, Any]:
-    """`train`'s body, under the run's Accelerator and TF32 setting."""
+def _train(config: TrainingConfig, accelerator: Accelerator, fast: Speedups) -> dict[str, Any]:
+    """`train`'s body, under the run's Accelerator and TF32 setting, with the speed-ups `fast` resolved."""
     started = time.time()
     output_dir = Path(config.output_dir)
     device, rank, num_processes = accelerator.device, accelerator.process_index, accelerator.num_processes
-    fast = speedups.resolve(device)
     is_main = accelerator.is_main_process
     if config.push_to_hub:  # a push that cannot happen fails now, not after training
         check_can_push(config.hub_repo_id)
@@ -248,12 +248,16 @@ def _train(config: TrainingConfig, accelerator: Accelerator, speedups: Speedups)
         if best_fid_path.is_file():
             best_fid = json.loads(best_fid_path.read_text())
 
+    # The EMA network as a pipeline with the run's speed-ups, for grids, FIDs and the result: built once, so that its
+    # compiled network and CUDA graph are kept between uses (both read the EMA weights, updated in place).
+    ema_pipeline = DDPMPipeline(unet=ema.model, scheduler=build_scheduler(config)).enable_speedups(fast)
+    ema_pipeline.set_progress_bar_config(disable=True)
+
     def measure_fid(step: int) -> None:
         """FID of `fid_num_samples` EMA samples (spread over the processes); keep the EMA pipeline if it is the best."""
-        pipeline = ema_pipeline()
         steps = config.fid_inference_steps or T
         features = sample_features(
-            pipeline, inception, config.fid_num_samples, accelerator, seed=config.seed,
+            ema_pipeline, inception, config.fid_num_samples, accelerator, seed=config.seed,
             batch_size=config.fid_batch_size, num_inference_steps=steps, respace=steps < T,
         )  # fmt: skip
         if not is_main:
@@ -268,27 +272,16 @@ def _train(config: TrainingConfig, accelerator: Accelerator, speedups: Speedups)
             best = output_dir / "best_pipeline"
             temporary = output_dir / ".best_pipeline.tmp"
             shutil.rmtree(temporary, ignore_errors=True)
-            pipeline.save_pretrained(temporary)
+            ema_pipeline.save_pretrained(temporary)
             replace_folder(temporary, best)
             best_fid.update(step=step, fid=fid, num_samples=config.fid_num_samples, num_inference_steps=steps)
             best_fid_path.write_text(json.dumps(best_fid, indent=2) + "\n")
 
-    sampling_pipeline: list[DDPMPipeline] = []
-
-    def ema_pipeline() -> DDPMPipeline:
-        """The EMA network as a pipeline with the run's speed-ups (built once: compilation and CUDA graphs are kept)."""
-        if not sampling_pipeline:
-            pipeline = DDPMPipeline(unet=ema.model, scheduler=build_scheduler(config))
-            pipeline.set_progress_bar_config(disable=True)
-            sampling_pipeline.append(pipeline.enable_speedups(speedups))
-        return sampling_pipeline[0]
-
     def sample_grid(step: int) -> None:
         """Draw `num_sample_images` from the EMA network and save a grid (main process only)."""
-        pipeline = ema_pipeline()
         generators = [torch.Generator(device).manual_seed(config.seed + i) for i in range(config.num_sample_images)]
         steps = config.sample_inference_steps or config.num_train_timesteps
-        samples = pipeline(config.num_sample_images, generator=generators, num_inference_steps=steps).images
+        samples = ema_pipeline(config.num_sample_images, generator=generators, num_inference_steps=steps).images
         grid = save_image_grid(samples, output_dir / "samples" / f"step-{step:07d}.png")
         grid.save(output_dir / "samples.png")
         if config.report_to in ("tensorboard", "all"):
@@ -424,7 +417,7 @@ def _train(config: TrainingConfig, accelerator: Accelerator, speedups: Speedups)
     summary: dict[str, Any] = {}
     if is_main:
         pipeline_dir = output_dir / "pipeline"
-        DDPMPipeline(unet=ema.model, scheduler=build_scheduler(config)).save_pretrained(pipeline_dir)
+        ema_pipeline.save_pretrained(pipeline_dir)
         metrics = [row for row in _read_metrics(metrics_path) if "loss" in row]
         if metrics:
             save_loss_curve([m["step"] for m in metrics], [m["loss"] for m in metrics], output_dir / "loss_curve.png")

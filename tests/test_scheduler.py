@@ -347,6 +347,29 @@ class TestRespacing:
             torch.testing.assert_close(x, y, rtol=0, atol=5e-6)
 
 
+class TestStepTables:
+    """The per-step scalars the CUDA-graph sampler reads from tables (`ddpm_hf.cuda_graphs`)."""
+
+    def test_noise_scales_are_the_sigma_of_eq_7_on_the_respaced_chain_and_zero_at_the_last_step(self):
+        scheduler = DDPMScheduler(num_train_timesteps=100)
+        scheduler.set_timesteps(10, respace=True)
+        kept = scheduler.timesteps.tolist()
+        alphas_cumprod = scheduler.alphas_cumprod.double()
+        expected = []
+        for t, s in zip(kept, kept[1:], strict=False):  # σ² = β̃ = (1 − ᾱ_s)/(1 − ᾱ_t) · (1 − ᾱ_t/ᾱ_s)
+            beta = 1 - alphas_cumprod[t] / alphas_cumprod[s]
+            expected.append(((1 - alphas_cumprod[s]) / (1 - alphas_cumprod[t]) * beta).sqrt())
+        expected.append(torch.zeros((), dtype=torch.float64))
+        torch.testing.assert_close(scheduler.noise_scales().double(), torch.stack(expected), rtol=1e-5, atol=0)
+
+    @pytest.mark.parametrize("variance_type", ["learned", "learned_range"])
+    def test_a_learned_variance_has_no_noise_scales_before_the_network_runs(self, variance_type):
+        scheduler = DDPMScheduler(num_train_timesteps=10, variance_type=variance_type)
+        scheduler.set_timesteps(10)
+        with pytest.raises(ValueError, match=f"variance_type='{variance_type}' has no σ_t"):
+            scheduler.noise_scales()
+
+
 class TestBadConfiguration:
     @pytest.mark.parametrize(
         "config, field",
