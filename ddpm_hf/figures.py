@@ -15,22 +15,48 @@ Figures 7 and 8 start from dataset images when a dataset is given, else from the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import PIL.Image
 import torch
 
-from .acceleration import add_speedup_arguments, speedups_from_arguments
+from .acceleration import speedups_from_arguments
 from .pipeline import DDPMPipeline
 from .plots import save_image_grid
+from .sampling import (
+    INPUT_ERRORS,
+    add_pipeline_arguments,
+    add_sampling_arguments,
+    command_error,
+    inference_steps,
+    load_pipeline,
+    positive_int,
+)
 
-__all__ = ["write_figures", "main"]
+__all__ = ["write_figures", "build_parser", "main"]
 
 
 def _pil(images: torch.Tensor) -> list[PIL.Image.Image]:
     """Images in [0, 1] (N, C, H, W) to PIL images."""
     return DDPMPipeline.numpy_to_pil(images.clamp(0, 1).permute(0, 2, 3, 1).cpu().float().numpy())
+
+
+@contextlib.contextmanager
+def _progress_labels(pipeline: DDPMPipeline, show_progress: bool) -> Iterator[Callable[[str], None]]:
+    """A function that labels the pipeline's progress bar for the next reverse chains (a figure takes a dozen of
+    them, each a bar), shown or not; the pipeline's own bar settings are restored afterwards."""
+    previous = dict(getattr(pipeline, "_progress_bar_config", {}))  # where diffusers keeps them
+
+    def label(description: str) -> None:
+        pipeline.set_progress_bar_config(**{**previous, "desc": description, "disable": not show_progress})
+
+    try:
+        yield label
+    finally:
+        pipeline.set_progress_bar_config(**previous)
 
 
 def write_figures(
@@ -40,6 +66,7 @@ def write_figures(
     seed: int = 0,
     num_samples: int = 64,
     num_inference_steps: int | None = None,
+    show_progress: bool = True,
 ) -> dict[str, Path]:
     """Write the four figures to `output_dir`; return their paths by name.
 
@@ -49,19 +76,41 @@ def write_figures(
         seed: every figure's randomness derives from it.
         num_samples: images in the sample grid (and rows of Fig. 6: the first 8).
         num_inference_steps: steps of the sample grid and of Fig. 6 (default T); Fig. 7 and 8 use the full chain.
+        show_progress: a progress bar per reverse chain, labelled with its figure.
+
+    Raises:
+        ValueError: fewer than two images for Fig. 7 and 8, or bad steps; before anything is drawn or written.
     """
+    if (num_samples if images is None else len(images)) < 2:
+        source = "num_samples" if images is None else "the dataset"
+        raise ValueError(f"Figures 7 and 8 need at least two images; {source} gives fewer.")
+    steps = inference_steps(pipeline, num_inference_steps)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    with _progress_labels(pipeline, show_progress) as label:
+        return _draw_figures(pipeline, output_dir, images, seed, num_samples, steps, label)
+
+
+def _draw_figures(
+    pipeline: DDPMPipeline,
+    output_dir: Path,
+    images: torch.Tensor | None,
+    seed: int,
+    num_samples: int,
+    steps: int,
+    label: Callable[[str], None],
+) -> dict[str, Path]:
     T = pipeline.scheduler.config.num_train_timesteps
-    steps = num_inference_steps or T
     generators = [torch.Generator(pipeline._execution_device).manual_seed(seed + i) for i in range(num_samples)]
     paths = {}
 
+    label(f"Sample grid ({num_samples} images)")
     samples = pipeline(num_samples, generator=generators, num_inference_steps=steps, output_type="pt").images
     paths["samples"] = output_dir / "samples.png"
     save_image_grid(_pil(samples), paths["samples"])
 
     rows = min(8, num_samples)
+    label(f"Fig. 6: progressive generation ({rows} images)")
     progressive = pipeline.progressive_generation(
         rows, generator=generators[:rows], num_inference_steps=steps, num_snapshots=10, output_type="pt"
     )
@@ -70,10 +119,9 @@ def write_figures(
     save_image_grid(_pil(snapshots), paths["progressive_generation"], columns=len(progressive.timesteps))
 
     originals = samples[:2] * 2 - 1 if images is None else images[:2]
-    if len(originals) < 2:
-        raise ValueError("Figures 7 and 8 need at least two images.")
     tiles = []
     for t in (T - 1, 3 * T // 4, T // 2, T // 4):  # the paper's 1000, 750, 500, 250
+        label(f"Fig. 7: shared latents from t = {t + 1}")
         shared, x_t = pipeline.shared_latent_samples(
             originals[:1], t, num_samples=3, generator=torch.Generator().manual_seed(seed + t), output_type="pt"
         )
@@ -82,6 +130,7 @@ def write_figures(
     save_image_grid(_pil(torch.stack(tiles)), paths["shared_latents"], columns=4)
 
     lambdas = [i / 10 for i in range(11)]
+    label(f"Fig. 8: interpolation from t = {T // 2 + 1}")
     mixes = pipeline.interpolate(
         originals[:1], originals[1:2], T // 2, lambdas, generator=torch.Generator().manual_seed(seed), output_type="pt"
     ).images
@@ -91,35 +140,45 @@ def write_figures(
     return paths
 
 
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    """The command line of `ddpm-hf figures`."""
+    parser = argparse.ArgumentParser(prog=prog, description="Draw the DDPM paper's figures (Fig. 6-8) as PNG files.")
+    add_pipeline_arguments(parser)
+    parser.add_argument("--output-dir", type=Path, required=True, help="where the four PNG files go (required)")
+    parser.add_argument(
+        "--dataset", default=None, help="images for Fig. 7 and 8, the first two of --split (default: the samples)"
+    )
+    parser.add_argument("--split", default="test", help="the split of --dataset (default: test)")
+    parser.add_argument(
+        "--num-samples", type=positive_int, default=64, help="images in the sample grid, at least 2 (default: 64)"
+    )
+    add_sampling_arguments(parser, "image i of the grid is drawn from the seed seed + i", chain_options=False)
+    return parser
+
+
 def main(argv: list[str] | None = None, prog: str = "ddpm-hf figures") -> int:
     """`ddpm-hf figures PIPELINE --output-dir DIR`: write the paper's figures for a pipeline."""
-    parser = argparse.ArgumentParser(prog=prog, description="Draw the DDPM paper's figures (Fig. 6-8) as PNG files.")
-    parser.add_argument("pipeline", help="a pipeline folder or Hub repo id")
-    parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--dataset", default=None, help="images for Fig. 7 and 8 (default: the model's own samples)")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-samples", type=int, default=64)
-    parser.add_argument("--num-inference-steps", type=int, default=None, help="default: T")
-    add_speedup_arguments(parser)
-    arguments = parser.parse_args(argv)
+    arguments = build_parser(prog).parse_args(argv)
     speedups = speedups_from_arguments(arguments)
     try:
-        pipeline = DDPMPipeline.from_pretrained(arguments.pipeline)
-        pipeline.to("cuda" if torch.cuda.is_available() else "cpu").enable_speedups(speedups)
+        if arguments.output_dir.exists() and not arguments.output_dir.is_dir():
+            raise ValueError(f"--output-dir {arguments.output_dir} is a file: choose a folder.")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        pipeline = load_pipeline(arguments.pipeline, device, speedups=speedups, allow_pickle=arguments.allow_pickle)
         images = None
         if arguments.dataset is not None:
             from .data import load_training_images, to_model_input
 
             channels, size, _ = pipeline.image_shape
-            data = load_training_images(arguments.dataset, arguments.split, None, size, channels, show_progress=False)
-            images = to_model_input(data.images[:2]).to(pipeline._execution_device)
+            data = load_training_images(
+                arguments.dataset, arguments.split, None, size, channels, show_progress=False, num_images=2
+            )
+            images = to_model_input(data.images).to(pipeline._execution_device)
         paths = write_figures(
             pipeline, arguments.output_dir, images, arguments.seed, arguments.num_samples, arguments.num_inference_steps
         )
-    except (ValueError, OSError) as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 1
+    except INPUT_ERRORS as error:
+        return command_error(prog, error)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0

@@ -2,50 +2,68 @@
 them from it.
 
 A pipeline folder is diffusers' layout (`model_index.json`, `unet/`, `scheduler/`) or the flat layout of the
-`google/ddpm-*` repos (`model_index.json`, `config.json`, weights and `scheduler_config.json` at the root). Weights are
-accepted as safetensors; pickle files (`.bin`, `.pt`, `.ckpt`) only when the caller explicitly allows them, since
-loading a pickle can run arbitrary code.
+`google/ddpm-*` repos (`model_index.json`, `config.json`, weights and `scheduler_config.json` at the root). Its
+`model_index.json` may name only what a DDPM pipeline holds, a `diffusers.UNet2DModel` and a diffusers scheduler:
+any other class (a nested pipeline, custom code) could load files that are not checked here. Weights are accepted as
+safetensors; pickle files (`.bin`, `.pt`, `.ckpt`) only when the caller explicitly allows them, since loading a
+pickle can run arbitrary code.
 
 Pushing (`push_to_hub`, `ddpm-hf push`) uploads the pipeline exactly as `save_pretrained` wrote it, a model card
 `README.md` (see `ddpm_hf.model_card`) and the run's sample grid `samples.png` when there is one. Only those files
 go up: never checkpoints, optimizer states, logs, caches or any other file of the folder, and nothing at all from a
 folder that holds pickle weights. The token comes from where `huggingface_hub` looks for it (`HF_TOKEN`, `hf auth
-login`) or from the caller; it is sent to the Hub only, never printed, logged or written.
+login`) or from the caller; it is sent to the Hub only, never printed, logged or written. `check_can_push` checks the
+token and the right to write to the repo before anything is uploaded (and before training, for `--push-to-hub`).
 
     ddpm-hf push OUTPUT_DIR --repo-id user/name [--private] [--revision BRANCH] [--commit-message MESSAGE]
 
 Downloading (`download_pipeline`, used by `DDPMPipeline.from_pretrained` for repo ids) goes through the Hub cache
 (`HF_HUB_CACHE`), skips pickle files unless they are allowed, works offline from a warm cache (`HF_HUB_OFFLINE=1` or
 `local_files_only=True`), and names the repo or revision that does not exist.
+
+Every request to the Hub waits at most `DDPM_HF_HUB_TIMEOUT` seconds (default 60) to connect, send or receive the
+next bytes, so that a Hub that stops answering is an error instead of a hang. Every failure of the Hub (refused,
+unreachable, timed out, not found) is a `HubError`: one line that names the endpoint and never the token.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import math
+import os
+import re
 import sys
+import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import diffusers
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants, get_token, snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
+    HfHubHTTPError,
     HFValidationError,
     LocalEntryNotFoundError,
     LocalTokenNotFoundError,
+    OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.utils import _http as hf_http
+from huggingface_hub.utils import set_client_factory, validate_repo_id
 from safetensors import SafetensorError, safe_open
 
 from .model_card import DEFAULT_LICENSE, check_model_card, model_card
 
 __all__ = [
+    "HubError",
     "check_can_push",
     "check_pipeline_folder",
     "pipeline_files",
@@ -66,6 +84,25 @@ _MODEL_WEIGHTS_PREFIX = "diffusion_pytorch_model"
 _DOWNLOAD_PATTERNS = ("*.json", "*.safetensors")
 
 
+# Users of the command line pass --allow-pickle; callers in Python, allow_pickle=True.
+_ALLOW_PICKLE = "pass allow_pickle=True (--allow-pickle on the command line) only if you trust"
+_TIMEOUT_VARIABLE = "DDPM_HF_HUB_TIMEOUT"
+_DEFAULT_TIMEOUT = 60.0  # seconds a Hub request may wait to connect, send or receive the next bytes
+# What a DDPM pipeline holds: anything else in model_index.json could load files that are not checked here.
+_UNET_ENTRY = ["diffusers", "UNet2DModel"]
+_COMPONENTS = ("unet", "scheduler")
+
+
+class HubError(OSError):
+    """A request to the Hub failed: refused, unreachable, timed out, not found. The message is one line that names
+    the endpoint and never the token.
+
+    An OSError, as the errors of `huggingface_hub` and of reading files are. A failure that `huggingface_hub` reports
+    with an error of its own (`RepositoryNotFoundError`, `RevisionNotFoundError`, `LocalEntryNotFoundError`,
+    `HfHubHTTPError`, ...) is raised as an instance of both classes, so that code catching those keeps working.
+    """
+
+
 # -------------------------------------------------------------------------------------------------------------
 # Pipeline folders
 # -------------------------------------------------------------------------------------------------------------
@@ -76,20 +113,52 @@ def _component_folder(root: Path, name: str) -> Path:
     return root / name if (root / name).is_dir() else root
 
 
-def _components(index: Mapping[str, Any]) -> list[tuple[str, bool]]:
-    """The (name, is_scheduler) of each component of a `model_index.json`."""
-    return [
-        (name, entry[1].endswith("Scheduler"))
-        for name, entry in index.items()
-        if not name.startswith("_") and isinstance(entry, list) and len(entry) == 2 and entry[0] is not None
-    ]
+def _is_scheduler_class(entry: Any) -> bool:
+    """Whether a `model_index.json` entry names a scheduler class of diffusers (DDPMScheduler, DDIMScheduler, ...)."""
+    if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == "diffusers" and isinstance(entry[1], str)):
+        return False
+    try:
+        cls = getattr(diffusers, entry[1])
+    except (AttributeError, ImportError, RuntimeError):  # diffusers' lazy import of an unknown or broken name
+        return False
+    return isinstance(cls, type) and issubclass(cls, SchedulerMixin)
 
 
-def _read_index(root: Path) -> dict[str, Any]:
-    index = _read_json(root / "model_index.json")
+def _components(root: Path) -> list[tuple[str, bool]]:
+    """The (name, is_scheduler) of the components of the pipeline in `root`: its UNet and its scheduler, checked to be
+    what `model_index.json` may name (any other class is refused: a nested pipeline as a component, for one, would
+    load its own files, pickle weights included, past every check of this module).
+
+    Raises:
+        FileNotFoundError: no `model_index.json`.
+        ValueError: it is unreadable, names custom code, lacks a component, or names a class a DDPM pipeline cannot
+            hold (the message names the file and the component).
+    """
+    path = root / "model_index.json"
+    index = _read_json(path)
     if index is None:
         raise FileNotFoundError(f"{root} is not a saved pipeline: it has no model_index.json.")
-    return index
+    if not isinstance(index.get("_class_name", ""), str):
+        raise ValueError(f"{path}: _class_name {index['_class_name']!r} names custom code, which is never loaded.")
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or entry == [None, None]:
+            continue  # diffusers' own keys, configuration values and absent optional components load nothing
+        if name not in _COMPONENTS:
+            raise ValueError(f"{path}: {name!r} is not a component of a DDPM pipeline (only 'unet' and 'scheduler').")
+    for name in _COMPONENTS:
+        entry = index.get(name)
+        if name == "unet" and entry != _UNET_ENTRY:
+            expected = json.dumps(_UNET_ENTRY)
+        elif name == "scheduler" and not _is_scheduler_class(entry):
+            expected = 'a diffusers scheduler class, such as ["diffusers", "DDPMScheduler"]'
+        else:
+            continue
+        found = "missing" if entry is None else json.dumps(entry)
+        raise ValueError(
+            f"{path}: component {name!r} is {found}; a DDPM pipeline's {name} must be {expected}. Any other class "
+            "could load files that are not checked (a nested pipeline, pickle weights), so it is refused."
+        )
+    return [("unet", False), ("scheduler", True)]
 
 
 def _check_model_weights(folder: Path, allow_pickle: bool) -> None:
@@ -101,7 +170,7 @@ def _check_model_weights(folder: Path, allow_pickle: bool) -> None:
         if pickle_files and not allow_pickle:
             raise ValueError(
                 f"{pickle_files[0]} is a pickle weights file and there is no safetensors file beside it. Loading a "
-                "pickle can run arbitrary code: pass allow_pickle=True only if you trust this file."
+                f"pickle can run arbitrary code: {_ALLOW_PICKLE} this file."
             )
         if not pickle_files:
             raise FileNotFoundError(f"Missing weights file {folder / (_MODEL_WEIGHTS_PREFIX + '.safetensors')}.")
@@ -119,10 +188,11 @@ def check_pipeline_folder(root: Path, allow_pickle: bool = False) -> None:
     Raises:
         FileNotFoundError: no `model_index.json`, or a component's config or weights are missing (the message names
             the file).
-        ValueError: an unreadable `model_index.json`, a corrupt safetensors file, or pickle weights without
-            `allow_pickle=True` (named).
+        ValueError: an unreadable `model_index.json` or one naming a class a DDPM pipeline cannot hold (a nested
+            pipeline, custom code), a corrupt safetensors file, or pickle weights without `allow_pickle=True`
+            (named).
     """
-    for name, is_scheduler in _components(_read_index(root)):
+    for name, is_scheduler in _components(root):
         folder = _component_folder(root, name)
         if is_scheduler:
             if not (folder / "scheduler_config.json").is_file():
@@ -136,7 +206,7 @@ def pipeline_files(root: Path) -> list[str]:
     `model_index.json` and, for each component, its configuration and safetensors weights (with the index of
     sharded weights), in the component's subfolder or, in the flat layout, at the root. Nothing else."""
     files = {"model_index.json"}
-    for name, is_scheduler in _components(_read_index(root)):
+    for name, is_scheduler in _components(root):
         folder = _component_folder(root, name)
         prefix = "" if folder == root else f"{name}/"
         if is_scheduler:
@@ -153,7 +223,7 @@ def _pipeline_configs(root: Path) -> tuple[dict[str, Any], dict[str, Any], int |
     unet_config: dict[str, Any] = {}
     scheduler_config: dict[str, Any] = {}
     parameters = None
-    for name, is_scheduler in _components(_read_index(root)):
+    for name, is_scheduler in _components(root):
         folder = _component_folder(root, name)
         if is_scheduler:
             scheduler_config = json.loads((folder / "scheduler_config.json").read_text())
@@ -171,6 +241,143 @@ def _product(shape: list[int]) -> int:
     for size in shape:
         result *= size
     return result
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Hub requests: a time limit on each, and one-line errors
+# -------------------------------------------------------------------------------------------------------------
+
+_limit_lock = threading.Lock()
+_limited_calls = 0  # calls of this module under way, in any thread, whose requests carry the time limit
+_factory_before: Any = None  # huggingface_hub's client factory before the first of them, put back after the last
+
+
+def _hub_timeout() -> float:
+    """Seconds a Hub request may wait to connect, send or receive the next bytes: `DDPM_HF_HUB_TIMEOUT`, default 60."""
+    text = os.environ.get(_TIMEOUT_VARIABLE, "").strip()
+    if not text:
+        return _DEFAULT_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{_TIMEOUT_VARIABLE} must be a positive number of seconds, got {text!r}.")
+    return seconds
+
+
+def _http_classes(name: str) -> tuple[type[BaseException], ...]:
+    """The error class `name` (RequestError: no answer at all; TimeoutException: none in time) of the HTTP client
+    module that huggingface_hub uses: `httpx2` (huggingface_hub 2) or `httpx` (1)."""
+    classes: list[type[BaseException]] = []
+    for module in ("httpx2", "httpx"):
+        with contextlib.suppress(ImportError, AttributeError):
+            classes.append(getattr(importlib.import_module(module), name))
+    return tuple(classes)
+
+
+@contextlib.contextmanager
+def _time_limited_requests(seconds: float) -> Iterator[None]:
+    """Within the block, each request huggingface_hub sends waits at most `seconds` to connect, send, receive the
+    next bytes or get a pooled connection (a shorter limit of its own is kept).
+
+    huggingface_hub's HTTP client has no time limit, and most of its calls set none (whoami, create_repo, repo_info,
+    preupload, create_commit, the LFS upload): a Hub that accepts the connection and never answers would hang them
+    forever. The limit is a request hook on the clients created while a block runs; the client factory in place
+    before (the user's own, if any) is put back when the last block ends.
+    """
+    global _limited_calls, _factory_before
+    with _limit_lock:
+        _limited_calls += 1
+        if _limited_calls == 1:
+            # huggingface_hub has no getter for its factory: read it where set_client_factory keeps it
+            _factory_before = getattr(hf_http, "_GLOBAL_CLIENT_FACTORY", hf_http.default_client_factory)
+            set_client_factory(lambda factory=_factory_before: _with_time_limit(factory(), seconds))
+    try:
+        yield
+    finally:
+        with _limit_lock:
+            _limited_calls -= 1
+            if _limited_calls == 0:
+                set_client_factory(_factory_before)
+
+
+def _with_time_limit(client: Any, seconds: float) -> Any:
+    """`client` (an httpx client) with a request hook that caps every time limit of a request at `seconds`."""
+
+    def limit(request: Any) -> None:
+        limits = request.extensions.get("timeout") or {}
+        request.extensions["timeout"] = {
+            kind: seconds if limits.get(kind) is None else min(limits[kind], seconds)
+            for kind in ("connect", "read", "write", "pool")
+        }
+
+    client.event_hooks = {**client.event_hooks, "request": [*client.event_hooks["request"], limit]}
+    return client
+
+
+def _endpoint() -> str:
+    """The Hub's address, as errors show it: without any user or password in it."""
+    scheme, _, rest = constants.ENDPOINT.partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme}://{host.rpartition('@')[2]}{slash}{path}"
+
+
+def _as_hub_error(message: str, cause: BaseException) -> HubError:
+    """A HubError saying `message`; when `cause` is one of huggingface_hub's errors (OSErrors all), also an instance
+    of its class, with its response and request id, so that `except RepositoryNotFoundError` and the like still
+    catch it."""
+    if not (isinstance(cause, OSError) and type(cause).__module__.startswith("huggingface_hub")):
+        return HubError(message)
+    cls = _hub_error_class(type(cause))
+    error = cls.__new__(cls, message)
+    OSError.__init__(error, message)  # not huggingface_hub's __init__, which wants the response as an argument
+    error.__dict__.update(cause.__dict__)  # the response, request id and server message, for those who read them
+    return error
+
+
+_HUB_ERROR_CLASSES: dict[type, type] = {}
+
+
+def _hub_error_class(cls: type) -> type:
+    """The subclass of both HubError and `cls` (one per class, named as `cls`)."""
+    if cls not in _HUB_ERROR_CLASSES:
+        _HUB_ERROR_CLASSES[cls] = type(cls.__name__, (HubError, cls), {"__module__": __name__})
+    return _HUB_ERROR_CLASSES[cls]
+
+
+def _what_happened(error: BaseException, timeout: float) -> str:
+    """Why a Hub request failed, as the end of a sentence: no answer in time, unreachable, offline, or the status."""
+    if isinstance(error, OfflineModeIsEnabled):
+        return "offline mode is on (HF_HUB_OFFLINE=1; unset it to reach the Hub)"
+    if isinstance(error, HfHubHTTPError) and error.response is not None:
+        return f"the Hub at {_endpoint()} answered {_status(error)}"
+    if isinstance(error, _http_classes("TimeoutException")):
+        return (
+            f"the Hub at {_endpoint()} did not answer within {timeout:g} s ({_TIMEOUT_VARIABLE} sets how long to wait)"
+        )
+    reason = " ".join(str(error).split()) or type(error).__name__
+    return f"the Hub at {_endpoint()} could not be reached ({reason})"
+
+
+def _status(error: HfHubHTTPError) -> str:
+    """The status of the Hub's answer and what the Hub said, on one line ("403 Forbidden: ...")."""
+    said = " ".join((error.server_message or "").split()).rstrip(".")
+    return f"{error.response.status_code} {error.response.reason_phrase}" + (f": {said}" if said else "")
+
+
+@contextlib.contextmanager
+def _hub_requests(doing: str) -> Iterator[float]:
+    """Run the block's Hub requests under the time limit (which it yields), and turn their failures into one-line
+    HubErrors: "`doing` failed: the Hub at ... did not answer within 60 s (...)."."""
+    timeout = _hub_timeout()
+    with _time_limited_requests(timeout):
+        try:
+            yield timeout
+        except HubError:
+            raise
+        except (HfHubHTTPError, OfflineModeIsEnabled, *_http_classes("RequestError")) as error:
+            raise _as_hub_error(f"{doing} failed: {_what_happened(error, timeout)}.", error) from error
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -237,6 +444,10 @@ def collect_push_contents(folder: str | Path) -> PushContents:
         pipeline_dir, run_dir = folder, None
     elif (folder / "pipeline" / "model_index.json").is_file():
         pipeline_dir, run_dir = folder / "pipeline", folder
+    elif folder.is_file():
+        raise FileNotFoundError(
+            f"{folder} is a file: pass a training output folder or a folder written by save_pretrained."
+        )
     elif not folder.is_dir():
         raise FileNotFoundError(f"{folder} does not exist or is not a folder.")
     else:
@@ -273,13 +484,8 @@ def _render_card(contents: PushContents, repo_id: str, license: str) -> str:
     return str(check_model_card(card))
 
 
-def check_can_push(repo_id: str, token: str | None = None) -> str:
-    """Check, without any request, that `repo_id` is a valid repo id and that a token is there; return the token.
-
-    Raises:
-        huggingface_hub.errors.HFValidationError (a ValueError): an invalid repo id.
-        LocalTokenNotFoundError (also a ValueError here): no token in `token`, `HF_TOKEN` or `hf auth login`'s file.
-    """
+def _token_for_push(repo_id: str, token: str | None) -> str:
+    """Check, without any request, that `repo_id` is a valid repo id and that a token is there; return the token."""
     validate_repo_id(repo_id)
     token = token or get_token()
     if not token:
@@ -291,6 +497,94 @@ def check_can_push(repo_id: str, token: str | None = None) -> str:
 
 class _NoToken(LocalTokenNotFoundError, ValueError):
     """No token: huggingface_hub's error, and a ValueError like every other setting a user must fix."""
+
+
+def _token_hint(given: str | None, token: str) -> tuple[str, str]:
+    """(where the token came from, what to do about it), for the messages of a refused token."""
+    create = f"create a token with write access at {_endpoint()}/settings/tokens"
+    if given:
+        return "passed as token=", f"{create} and pass it"
+    if token in (os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")):
+        return "in HF_TOKEN", f"{create} and set HF_TOKEN to it (HF_TOKEN takes precedence over `hf auth login`)"
+    return "saved by `hf auth login`", f"{create} and run `hf auth login` with it"
+
+
+def _token_user(api: HfApi, given: str | None, token: str) -> str:
+    """The user of `token`, which the Hub checked valid and not read-only (a whoami request)."""
+    source, hint = _token_hint(given, token)
+    try:
+        info = api.whoami()
+    except HfHubHTTPError as error:
+        if error.response is None or error.response.status_code != 401:
+            raise
+        raise _as_hub_error(
+            f"The Hub at {_endpoint()} refused the Hugging Face token {source}: it is invalid or expired (401): "
+            f"{hint}.",
+            error,
+        ) from error
+    if ((info.get("auth") or {}).get("accessToken") or {}).get("role") == "read":
+        raise HubError(f"The Hugging Face token {source} (user {info['name']!r}) is read-only: {hint}.")
+    return info["name"]
+
+
+def check_can_push(repo_id: str, token: str | None = None, *, private: bool | None = None) -> str:
+    """Check that the token may push to the Hub repo `repo_id`, creating the repo if it does not exist (private when
+    `private` is True); return the full repo id ("name" alone becomes "user/name").
+
+    Checked in this order, each failure a one-line error saying what to do: the repo id and that there is a token
+    (no request), the token itself (invalid, expired or read-only: `whoami`), then the right to write to the repo
+    (created if missing, then the Hub's write check). `ddpm-hf train --push-to-hub` calls it before training.
+
+    Raises:
+        ValueError: an invalid repo id (HFValidationError), no token (LocalTokenNotFoundError), or an invalid
+            `DDPM_HF_HUB_TIMEOUT`.
+        HubError: the Hub refused the token or the write, could not be reached, or did not answer in time.
+    """
+    given = token
+    token = _token_for_push(repo_id, token)
+    api = HfApi(token=token)
+    with _hub_requests("Checking the Hugging Face token"):
+        user = _token_user(api, given, token)
+    repo_id = repo_id if "/" in repo_id else f"{user}/{repo_id}"
+    with _hub_requests(f"Creating or checking the repo {repo_id}"):
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            api.auth_check(repo_id, write=True)
+        except HfHubHTTPError as error:
+            if error.response is None or error.response.status_code not in (401, 403):
+                raise
+            namespace, name = repo_id.split("/")
+            raise _as_hub_error(
+                f"User {user!r} may not write to {repo_id} on {_endpoint()} ({_status(error)}): push to "
+                f"a namespace you can write to (such as {user}/{name}), or use a token with write access to "
+                f"{namespace!r} (HF_TOKEN or `hf auth login`).",
+                error,
+            ) from error
+    return repo_id
+
+
+def _check_revision(revision: str | None) -> None:
+    """What a push may target: a branch (created if missing) or an open pull request (`refs/pr/N`)."""
+    if revision is None:
+        return
+    is_ref = revision.startswith("refs/")
+    if (
+        not revision
+        or any(character.isspace() for character in revision)
+        or re.fullmatch(r"[0-9a-f]{40}", revision)
+        or (is_ref and not re.fullmatch(r"refs/pr/\d+", revision))
+    ):
+        raise ValueError(
+            f"revision (--revision) must be a branch name or a pull request ref refs/pr/N, got {revision!r}."
+        )
+
+
+def _size(size: float) -> str:
+    for unit in ("B", "kB", "MB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
 
 
 def push_to_hub(
@@ -307,7 +601,9 @@ def push_to_hub(
     """Push the pipeline in `folder` (a training output folder or a saved pipeline) to the Hub repo `repo_id`, with
     its model card and sample grid, in one commit; create the repo (and the branch `revision`) if needed.
 
-    Everything is checked before the first request: the repo id, the folder, pickle files (refused), the card.
+    Everything is checked before the first request: the repo id, the token's presence, the revision, the folder,
+    pickle files (refused), the card, `DDPM_HF_HUB_TIMEOUT`. Then `check_can_push` checks the token and the right to
+    write; a line on stdout says what is uploaded (files, size) and where, before the upload.
 
     Args:
         folder: a training output folder (`pipeline/`, `training_summary.json`, `samples.png`, optionally
@@ -315,55 +611,62 @@ def push_to_hub(
         repo_id: "user/name" or "org/name" ("name" alone: the token's user).
         token: a token with write access; default: `HF_TOKEN` or the one saved by `hf auth login`.
         private: make a new repo private (an existing repo keeps its visibility; a warning says so if it differs).
-        revision: the branch to push to (created from `main` if missing); default `main`.
+        revision: the branch to push to (created from `main` if missing), or an open pull request `refs/pr/N`;
+            default `main`.
         commit_message: default `DEFAULT_COMMIT_MESSAGE`.
-        create_pr: open a pull request (against `revision`) instead of committing to it.
+        create_pr: open a pull request (against `revision`, which must exist) instead of committing to it.
         license: the license identifier written in the card's metadata.
 
     Returns:
         The commit's `CommitInfo`, a `str` (the commit URL) with `.oid`, `.repo_url` and `.pr_url`.
 
     Raises:
-        FileNotFoundError, ValueError: see `collect_push_contents`; an invalid repo id.
-        LocalTokenNotFoundError: no token.
-        huggingface_hub.errors.HfHubHTTPError: the Hub refused (missing rights, ...).
+        FileNotFoundError, ValueError: see `collect_push_contents`; an invalid repo id or revision; no token.
+        HubError: the Hub refused the token or the push, could not be reached, or did not answer in time.
     """
-    token = check_can_push(repo_id, token)
+    token_for_checks = _token_for_push(repo_id, token)
+    _check_revision(revision)
     contents = collect_push_contents(folder)
     readme = _render_card(contents, repo_id, license)
-    api = HfApi(token=token)
-    requested, repo_id = repo_id, api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    if private is not None:
-        visibility = api.model_info(repo_id).private
-        if visibility is not None and visibility != private:
-            warnings.warn(
-                f"{repo_id} already exists and is {'private' if visibility else 'public'}; its visibility was not "
-                "changed (change it in the repo's settings).",
-                stacklevel=2,
-            )
+    requested, repo_id = repo_id, check_can_push(repo_id, token, private=private)
+    api = HfApi(token=token_for_checks)
+    with _hub_requests(f"Preparing the push to {repo_id}"):
+        visibility = api.model_info(repo_id).private if private is not None else None
+        if revision not in (None, constants.DEFAULT_REVISION) and not create_pr and not revision.startswith("refs/"):
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+    if visibility is not None and visibility != private:
+        warnings.warn(
+            f"{repo_id} already exists and is {'private' if visibility else 'public'}; its visibility was not "
+            "changed (change it in the repo's settings).",
+            stacklevel=2,
+        )
     if repo_id != requested:  # "name" alone became "user/name": the usage snippets must say so
         readme = _render_card(contents, repo_id, license)
-    if revision not in (None, constants.DEFAULT_REVISION) and not create_pr:
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
     operations = [CommitOperationAdd(path, str(local)) for path, local in sorted(contents.files.items())]
     operations.append(CommitOperationAdd("README.md", readme.encode("utf-8")))
-    return api.create_commit(
-        repo_id,
-        operations,
-        commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
-        revision=revision,
-        create_pr=create_pr,
-    )
+    size = sum(local.stat().st_size for local in contents.files.values()) + len(readme.encode("utf-8"))
+    target = f"{'a pull request against ' if create_pr else ''}{revision or constants.DEFAULT_REVISION}"
+    print(f"Pushing {len(operations)} files ({_size(size)}) to {_endpoint()}/{repo_id}, {target}", flush=True)
+    with _hub_requests(f"Uploading to {repo_id}"):
+        try:
+            return api.create_commit(
+                repo_id,
+                operations,
+                commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
+                revision=revision,
+                create_pr=create_pr,
+            )
+        except RevisionNotFoundError as error:
+            raise _as_hub_error(
+                f"{repo_id} has no branch or pull request {revision!r}: create_pr (--create-pr) needs an existing "
+                "branch (a push without it creates the branch), and refs/pr/N an open pull request.",
+                error,
+            ) from error
 
 
 # -------------------------------------------------------------------------------------------------------------
 # Downloading
 # -------------------------------------------------------------------------------------------------------------
-
-
-def _prepend(error: BaseException, message: str) -> None:
-    """Put `message` in front of the message of `error` (keeping its type, so callers still catch it)."""
-    error.args = (f"{message}\n{error.args[0]}" if error.args else message, *error.args[1:])
 
 
 def _pickle_files_on_the_hub(repo_id: str, commit: str, cache_dir: str | Path | None) -> list[str]:
@@ -378,6 +681,33 @@ def _pickle_files_on_the_hub(repo_id: str, commit: str, cache_dir: str | Path | 
     except CachedRepoTreeNotFoundError:
         return []
     return sorted(f.path for f in tree if f.path.endswith(PICKLE_SUFFIXES))
+
+
+def _not_downloaded(
+    error: BaseException, repo_id: str, revision: str | None, local_files_only: bool, timeout: float
+) -> str:
+    """Why `snapshot_download` could not give the pipeline in `repo_id`, from the error it raised."""
+    if isinstance(error, GatedRepoError):
+        return (
+            f"Model repo {repo_id!r} is gated: accept its conditions at {_endpoint()}/{repo_id} and use a token of "
+            "an account that did (HF_TOKEN, `hf auth login` or token=)."
+        )
+    if isinstance(error, RepositoryNotFoundError):
+        local = " There is no local folder of that name either." if "/" in repo_id else ""
+        return (
+            f"Model repo {repo_id!r} not found on {_endpoint()}: it does not exist, or it is private and the token "
+            f"(HF_TOKEN, `hf auth login` or token=) has no access to it.{local}"
+        )
+    if isinstance(error, RevisionNotFoundError):
+        return f"Revision {revision!r} not found in model repo {repo_id!r}: no branch, tag or commit has that name."
+    if local_files_only:
+        why = "local_files_only=True keeps the Hub from being asked"
+    elif error.__cause__ is not None:
+        why = _what_happened(error.__cause__, timeout)
+    else:
+        why = "the Hub could not be asked"
+    at = f"revision {revision!r} of " if revision else ""
+    return f"The pipeline {at}{repo_id!r} is not in the Hub cache, and {why}."
 
 
 def download_pipeline(
@@ -398,10 +728,11 @@ def download_pipeline(
 
     Raises:
         FileNotFoundError: `repo_id` is not a valid repo id (nor a local folder).
-        huggingface_hub.errors.RepositoryNotFoundError: no such repo, or a private one without access (named).
-        huggingface_hub.errors.RevisionNotFoundError: no such branch, tag or commit in the repo (named).
-        huggingface_hub.errors.LocalEntryNotFoundError: offline, and the pipeline is not in the cache (named).
-        ValueError: the repo holds pickle weights only and `allow_pickle` is False, or corrupt weights (named).
+        ValueError: an invalid `DDPM_HF_HUB_TIMEOUT`; the repo holds pickle weights only and `allow_pickle` is
+            False, or corrupt weights, or a `model_index.json` naming classes a DDPM pipeline cannot hold (named).
+        HubError: the Hub could not give the pipeline, each also huggingface_hub's own error: no such repo, or a
+            private one without access (RepositoryNotFoundError), no such revision (RevisionNotFoundError), not in
+            the cache while offline, unreachable or not answering in time (LocalEntryNotFoundError); all named.
     """
     try:
         validate_repo_id(repo_id)
@@ -409,39 +740,22 @@ def download_pipeline(
         raise FileNotFoundError(f"{repo_id!r} is neither a local folder nor a Hub repo id: {error}") from error
     patterns = list(_DOWNLOAD_PATTERNS) + ([f"*{suffix}" for suffix in PICKLE_SUFFIXES] if allow_pickle else [])
     at = f"revision {revision!r} of " if revision else ""
-    try:
-        snapshot = Path(
-            snapshot_download(
-                repo_id,
-                revision=revision,
-                cache_dir=cache_dir,
-                local_files_only=local_files_only,
-                token=token,
-                force_download=force_download,
-                allow_patterns=patterns,
+    with _hub_requests(f"Downloading {at}{repo_id!r}") as timeout:
+        try:
+            snapshot = Path(
+                snapshot_download(
+                    repo_id,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    local_files_only=local_files_only,
+                    token=token,
+                    force_download=force_download,
+                    allow_patterns=patterns,
+                )
             )
-        )
-    except GatedRepoError:
-        raise
-    except RepositoryNotFoundError as error:
-        local = " There is no local folder of that name either." if "/" in repo_id else ""
-        _prepend(
-            error,
-            f"Model repo {repo_id!r} not found on {constants.ENDPOINT}: it does not exist, or it is private and "
-            f"the token (HF_TOKEN or `hf auth login`) has no access to it.{local}",
-        )
-        raise
-    except RevisionNotFoundError as error:
-        _prepend(error, f"Revision {revision!r} not found in model repo {repo_id!r}: no branch, tag or commit has "
-                        "that name.")  # fmt: skip
-        raise
-    except LocalEntryNotFoundError as error:
-        _prepend(
-            error,
-            f"The pipeline {at}{repo_id!r} is not in the Hub cache, and the Hub was not asked (offline mode or "
-            "local_files_only) or could not be reached.",
-        )
-        raise
+        except (RepositoryNotFoundError, RevisionNotFoundError, LocalEntryNotFoundError) as error:
+            message = _not_downloaded(error, repo_id, revision, local_files_only, timeout)
+            raise _as_hub_error(message, error) from error
     try:
         check_pipeline_folder(snapshot, allow_pickle=allow_pickle)
     except FileNotFoundError as error:
@@ -449,7 +763,7 @@ def download_pipeline(
         if pickles:
             raise ValueError(
                 f"Model repo {repo_id!r} has pickle weights only ({', '.join(pickles)}), which can run arbitrary "
-                "code when loaded: pass allow_pickle=True only if you trust this repo."
+                f"code when loaded: {_ALLOW_PICKLE} this repo."
             ) from error
         raise FileNotFoundError(
             f"Model repo {repo_id!r} (commit {snapshot.name}) is not a pipeline: {error}"
@@ -460,17 +774,6 @@ def download_pipeline(
 # -------------------------------------------------------------------------------------------------------------
 # ddpm-hf push
 # -------------------------------------------------------------------------------------------------------------
-
-
-def _network_errors() -> tuple[type[BaseException], ...]:
-    """The transport errors of the HTTP clients huggingface_hub may use (a refused connection, a timeout)."""
-    classes: list[type[BaseException]] = []
-    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError")):
-        try:
-            classes.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(classes)
 
 
 def _one_line(error: BaseException, secret: str | None) -> str:
@@ -485,15 +788,25 @@ def main(argv: list[str] | None = None, prog: str = "ddpm-hf push") -> int:
         prog=prog,
         description="Push a DDPM pipeline (a training output folder, or a folder written by save_pretrained) to "
         "the Hugging Face Hub with its model card. The token comes from HF_TOKEN or `hf auth login`.",
+        epilog=f"{_TIMEOUT_VARIABLE}: how many seconds each request waits for the Hub to connect or answer "
+        f"(default {_DEFAULT_TIMEOUT:g}).",
     )
     parser.add_argument("folder", type=Path, help="a training output folder (with pipeline/) or a pipeline folder")
     parser.add_argument("--repo-id", required=True, help="the Hub repo, user/name or org/name")
     parser.add_argument("--private", action="store_true", default=None, help="create the repo as private")
-    parser.add_argument("--revision", default=None, help="the branch to push to (created if missing; default main)")
+    parser.add_argument(
+        "--revision", default=None, help="the branch to push to (created if missing; default main), or refs/pr/N"
+    )
     parser.add_argument("--commit-message", default=None, help=f'default: "{DEFAULT_COMMIT_MESSAGE}"')
-    parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    parser.add_argument(
+        "--create-pr", action="store_true", help="open a pull request against --revision (an existing branch)"
+    )
     parser.add_argument("--license", default=DEFAULT_LICENSE, help=f"the card's license (default {DEFAULT_LICENSE})")
+    parser.add_argument("--token", help=argparse.SUPPRESS)  # only to refuse it without echoing its value
     arguments = parser.parse_args(argv)
+    if arguments.token is not None:
+        parser.error("there is no --token option, so that a token never lands in shell history or process listings: "
+                     "set HF_TOKEN or run `hf auth login`")  # fmt: skip
     try:
         commit = push_to_hub(
             arguments.folder,
@@ -504,7 +817,11 @@ def main(argv: list[str] | None = None, prog: str = "ddpm-hf push") -> int:
             create_pr=arguments.create_pr,
             license=arguments.license,
         )
-    except (ValueError, OSError, *_network_errors()) as error:
+    except HubError as error:
+        unchanged = f"Nothing was lost: {arguments.folder} is unchanged."
+        print(f"{prog}: error: {_one_line(error, get_token())} {unchanged}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as error:
         print(f"{prog}: error: {_one_line(error, get_token())}", file=sys.stderr)
         return 1
     print(f"Pushed {arguments.folder} to {commit.repo_url}: {commit.pr_url or commit.commit_url}")

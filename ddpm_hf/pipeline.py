@@ -125,7 +125,8 @@ class DDPMPipeline(DiffusionPipeline):
 
         Both diffusers' layout (`unet/`, `scheduler/`) and the flat layout of the `google/ddpm-*` repos (config and
         weights at the root) load. Weights must be safetensors unless `allow_pickle=True` is passed: pickle files
-        can run arbitrary code when loaded, so only allow them for files you trust.
+        can run arbitrary code when loaded, so only allow them for files you trust. `model_index.json` may name only
+        a `UNet2DModel` and a diffusers scheduler (any other class, such as a nested pipeline, is refused).
 
         A repo id is downloaded through the Hub cache (see `ddpm_hf.hub.download_pipeline`): configurations and
         safetensors weights only (pickle files too with `allow_pickle=True`), from the cache alone when offline
@@ -139,11 +140,17 @@ class DDPMPipeline(DiffusionPipeline):
 
         Raises:
             FileNotFoundError: a local folder without a pipeline or without weights (the message names the file).
-            ValueError: pickle weights without `allow_pickle=True`, or a corrupt weights file (named).
-            huggingface_hub.errors.RepositoryNotFoundError, RevisionNotFoundError: no such repo or revision (named).
+            ValueError: pickle weights without `allow_pickle=True`, a corrupt weights file, or a `model_index.json`
+                naming a class a DDPM pipeline cannot hold (named).
+            ddpm_hf.hub.HubError: the Hub could not give a repo (no such repo or revision, offline, unreachable, no
+                answer within `DDPM_HF_HUB_TIMEOUT` seconds); also huggingface_hub's own `RepositoryNotFoundError`,
+                `RevisionNotFoundError` or `LocalEntryNotFoundError`.
         """
         if kwargs.get("use_safetensors") is False and not allow_pickle:
-            raise ValueError("use_safetensors=False loads pickle weights; pass allow_pickle=True as well to allow it.")
+            raise ValueError(
+                "use_safetensors=False loads pickle weights, which can run arbitrary code: pass allow_pickle=True as "
+                "well (--allow-pickle on the command line) only if you trust them."
+            )
         if not allow_pickle:
             kwargs["use_safetensors"] = True
         folder = Path(pretrained_model_name_or_path)

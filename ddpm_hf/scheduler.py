@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 from diffusers import DDPMScheduler as _DiffusersDDPMScheduler
-from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.configuration_utils import ConfigMixin, FrozenDict, register_to_config
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput, betas_for_alpha_bar, rescale_zero_terminal_snr
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
@@ -119,6 +119,37 @@ def respaced_timesteps(num_train_timesteps: int, num_steps: int) -> list[int]:
         kept.append(round(position))
         position += stride
     return sorted(set(kept), reverse=True)
+
+
+def _is_integer(value: object) -> bool:
+    """An int as a JSON config holds it: not a bool, a float such as 10.0, or a string such as "10"."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_config_types(config: FrozenDict) -> None:
+    """Refuse a field of the wrong type (a JSON config may hold anything): T an integer ≥ 1, the names one of their
+    choices, the switches booleans, the other scalars finite numbers."""
+    T = config.num_train_timesteps
+    if not _is_integer(T) or T < 1:
+        raise ValueError(f"num_train_timesteps must be an integer ≥ 1, got {T!r}.")
+    for field, allowed in (
+        ("beta_schedule", BETA_SCHEDULES),
+        ("variance_type", VARIANCE_TYPES),
+        ("prediction_type", PREDICTION_TYPES),
+        ("timestep_spacing", TIMESTEP_SPACINGS),
+    ):
+        value = getattr(config, field)
+        if not isinstance(value, str) or value not in allowed:
+            raise ValueError(f"Unknown {field} {value!r}; choose one of {list(allowed)}.")
+    for field in ("clip_sample", "thresholding", "rescale_betas_zero_snr"):
+        if not isinstance(getattr(config, field), (bool, np.bool_)):
+            raise ValueError(f"{field} must be true or false, got {getattr(config, field)!r}.")
+    for field in ("beta_start", "beta_end", "dynamic_thresholding_ratio", "clip_sample_range", "sample_max_value"):
+        value = getattr(config, field)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+            raise ValueError(f"{field} must be a number, got {value!r}.")
+        if not np.isfinite(value):
+            raise ValueError(f"{field} must be finite, got {value!r}.")
 
 
 def _gather(table: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -231,23 +262,20 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
     # ---------------------------------------------------------------------------------------------------------
 
     def _validate_config(self) -> None:
+        """Refuse a configuration the tables cannot be built from, with the field named: a config file holding a
+        string, a float or a negative number where diffusers writes an integer would otherwise fail deep in torch, or
+        sample past the tables' end. Every configuration diffusers writes passes."""
         config = self.config
-        if not isinstance(config.num_train_timesteps, (int, np.integer)) or config.num_train_timesteps < 1:
-            raise ValueError(f"num_train_timesteps must be an integer ≥ 1, got {config.num_train_timesteps!r}.")
-        for field, allowed in (
-            ("beta_schedule", BETA_SCHEDULES),
-            ("variance_type", VARIANCE_TYPES),
-            ("prediction_type", PREDICTION_TYPES),
-            ("timestep_spacing", TIMESTEP_SPACINGS),
-        ):
-            if getattr(config, field) not in allowed:
-                raise ValueError(f"Unknown {field} {getattr(config, field)!r}; choose one of {list(allowed)}.")
+        _check_config_types(config)
+        T = config.num_train_timesteps
         if config.trained_betas is not None:
-            betas = np.asarray(config.trained_betas, dtype=np.float64)
-            if betas.ndim != 1 or len(betas) != config.num_train_timesteps:
+            try:
+                betas = np.asarray(config.trained_betas, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ValueError(f"trained_betas must be a list of numbers, got {config.trained_betas!r}.") from None
+            if betas.ndim != 1 or len(betas) != T:
                 raise ValueError(
-                    f"trained_betas must be a list of num_train_timesteps={config.num_train_timesteps} values, "
-                    f"got shape {betas.shape}."
+                    f"trained_betas must be a list of num_train_timesteps={T} values, got shape {betas.shape}."
                 )
             if not np.all((betas > 0) & (betas <= 1)):
                 raise ValueError("trained_betas must all lie in (0, 1].")
@@ -267,8 +295,11 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(
                 f"dynamic_thresholding_ratio must lie in (0, 1], got {config.dynamic_thresholding_ratio!r}."
             )
-        if config.steps_offset < 0:
-            raise ValueError(f"steps_offset must be ≥ 0, got {config.steps_offset!r}.")
+        # "leading" spacing adds the offset to timesteps up to T − T/n: an offset ≥ T indexes past every table.
+        if not _is_integer(config.steps_offset) or not 0 <= config.steps_offset < T:
+            raise ValueError(
+                f"steps_offset must be an integer in [0, num_train_timesteps={T}), got {config.steps_offset!r}."
+            )
 
     def _make_betas(self) -> torch.Tensor:
         """β_1 … β_T of the configured schedule (the paper: linear from 1e-4 to 0.02, T = 1000; §4)."""

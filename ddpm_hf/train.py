@@ -25,31 +25,41 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import ProjectConfiguration, broadcast_object_list
 from diffusers import UNet2DModel
 from tqdm.auto import tqdm
 
 from .acceleration import Speedups, tf32_enabled, training_precision
-from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, replace_folder, save_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    TrainingState,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    replace_folder,
+    save_checkpoint,
+)
 from .data import global_batch_indices, load_training_images, to_model_input
 from .ema import ExponentialMovingAverage
 from .evaluate import reference_statistics, sample_features
-from .hub import check_can_push, push_to_hub
+from .hub import HubError, check_can_push, push_to_hub
 from .inception import load_inception
 from .metrics import feature_statistics, frechet_distance
+from .output_folder import OutputFolderError, OutputFolderLock, claim_output_folder
 from .pipeline import DDPMPipeline
 from .plots import save_image_grid, save_loss_curve
 from .scheduler import DDPMScheduler
 from .seeding import stream_seed
 from .training_config import TrainingConfig, parse_training_config
-from .unet import PRESETS as UNET_PRESETS
-from .unet import unet_config
+
+T_ = TypeVar("T_")
 
 __all__ = ["train", "run_training", "NonFiniteLossError", "main"]
 
@@ -65,6 +75,7 @@ RESUMABLE_CHANGES = {
     "sample_inference_steps",
     "report_to",
     "output_dir",
+    "overwrite_output_dir",
     "cache_dir",
     "fid_steps",
     "fid_num_samples",
@@ -84,19 +95,13 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped without saving anything from that point on."""
 
 
+class PushAfterTrainingError(RuntimeError):
+    """Training finished and its results are saved, but pushing them to the Hub failed."""
+
+
 def build_unet(config: TrainingConfig) -> UNet2DModel:
     """The network of `config.unet` (a preset or a config.json), with the run's overrides."""
-    if config.unet in UNET_PRESETS:
-        unet_kwargs = unet_config(config.unet)
-    else:
-        unet_kwargs = {k: v for k, v in UNet2DModel.load_config(config.unet).items() if not k.startswith("_")}
-    if config.resolution is not None:
-        unet_kwargs["sample_size"] = config.resolution
-    if config.dropout is not None:
-        unet_kwargs["dropout"] = config.dropout
-    if config.variance_type in ("learned", "learned_range"):  # the network also outputs the variance
-        unet_kwargs["out_channels"] = 2 * unet_kwargs.get("in_channels", 3)
-    return UNet2DModel(**unet_kwargs)
+    return UNet2DModel(**config.unet_kwargs())
 
 
 def build_scheduler(config: TrainingConfig) -> DDPMScheduler:
@@ -123,13 +128,65 @@ def learning_rate_factor(config: TrainingConfig, step: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _check_resumable(config: TrainingConfig, saved: dict[str, Any], path: Path) -> None:
+def _check_resumable(config: TrainingConfig, checkpoint: Checkpoint, path: Path) -> None:
+    saved = checkpoint.state.config
     differing = sorted(
         name for name, value in config.to_dict().items() if name not in RESUMABLE_CHANGES and saved.get(name) != value
     )
     if differing:
         changes = ", ".join(f"{name}: {saved.get(name)!r} → {getattr(config, name)!r}" for name in differing)
         raise ValueError(f"Cannot resume from {path}: the run's configuration differs ({changes}).")
+    if config.max_train_steps < checkpoint.step:
+        raise ValueError(
+            f"Cannot resume from {path}: it is at step {checkpoint.step}, beyond --max-train-steps "
+            f"{config.max_train_steps}; pass --max-train-steps {checkpoint.step} or more."
+        )
+
+
+def _resume_from(config: TrainingConfig) -> Path | None:
+    """The checkpoint folder that `config.resume` names, or None for a new run."""
+    if config.resume == "latest":
+        return latest_checkpoint(Path(config.output_dir) / "checkpoints")
+    return None if config.resume is None else Path(config.resume)
+
+
+def _on_main_process(accelerator: Accelerator, check: Callable[[], T_], refusals: tuple[type[Exception], ...]) -> T_:
+    """Run `check` on the main process alone and raise what it refuses on every process: the others must stop too,
+    not wait for the main one forever."""
+    result, refusal = None, None
+    if accelerator.is_main_process:
+        try:
+            result = check()
+        except refusals as error:
+            refusal = error
+    if accelerator.num_processes > 1:
+        message = broadcast_object_list([None if refusal is None else str(refusal)])[0]
+        refusal = refusal or (ValueError(message) if message is not None else None)
+    if refusal is not None:
+        raise refusal
+    return result
+
+
+def _claim_output_folder(config: TrainingConfig, accelerator: Accelerator) -> OutputFolderLock | None:
+    """Lock the output folder for this run (the main process) and refuse, on every process, a folder that holds
+    another run or is in use (ddpm_hf.output_folder)."""
+    output_dir, resume_from = Path(config.output_dir), _resume_from(config)
+    resumes_here = resume_from is not None and resume_from.resolve().parent == (output_dir / "checkpoints").resolve()
+    lock = _on_main_process(
+        accelerator,
+        lambda: claim_output_folder(output_dir, resumes_here, config.overwrite_output_dir),
+        (OutputFolderError,),
+    )
+    if config.resume == "latest" and resume_from is None and accelerator.is_main_process:
+        print(f"No checkpoint in {output_dir / 'checkpoints'}: starting a new run.", file=sys.stderr)
+    return lock
+
+
+def _json_line(row: dict[str, Any]) -> str:
+    """One line of metrics.jsonl. JSON has no Infinity or NaN: a non-finite number (an fp16 step's gradient norm)
+    is written as null."""
+    finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+    return json.dumps(finite, allow_nan=False) + "\n"
 
 
 def _read_metrics(path: Path, up_to_step: int | None = None) -> list[dict[str, Any]]:
@@ -137,6 +194,20 @@ def _read_metrics(path: Path, up_to_step: int | None = None) -> list[dict[str, A
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [row for row in rows if up_to_step is None or row["step"] <= up_to_step]
+
+
+def _warn_if_grids_dominate(config: TrainingConfig, start_step: int) -> None:
+    """Say so when the sample grids will take longer than the training itself (a short trial run of a big model)."""
+    grid_cost = config.num_sample_images * (config.sample_inference_steps or config.num_train_timesteps)
+    grids = 1 + (config.max_train_steps - start_step) // config.sample_steps
+    training_cost = 3 * config.train_batch_size * (config.max_train_steps - start_step)  # forward + backward ≈ 3
+    if grids * grid_cost > training_cost:
+        print(
+            f"Note: the {grids} sample grid(s) of {config.num_sample_images} images × "
+            f"{config.sample_inference_steps or config.num_train_timesteps} steps will take longer than the training "
+            "itself; for a quick run, pass e.g. --num-sample-images 4 --sample-inference-steps 50.",
+            file=sys.stderr,
+        )
 
 
 def train(config: TrainingConfig) -> dict[str, Any]:
@@ -157,8 +228,13 @@ def train(config: TrainingConfig) -> dict[str, Any]:
     # TF32, channels-last and torch.compile: on for CUDA unless the configuration says otherwise (ddpm_hf.acceleration)
     speedups = Speedups(tf32=config.tf32, channels_last=config.channels_last, compile=config.torch_compile)
     fast = speedups.resolve(accelerator.device)  # each True or False on this device
-    with tf32_enabled(True) if fast.tf32 else contextlib.nullcontext():
-        return _train(config, accelerator, fast)
+    lock = _claim_output_folder(config, accelerator)  # before anything is written; held to the end
+    try:
+        with tf32_enabled(True) if fast.tf32 else contextlib.nullcontext():
+            return _train(config, accelerator, fast)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _train(config: TrainingConfig, accelerator: Accelerator, fast: Speedups) -> dict[str, Any]:
@@ -168,7 +244,10 @@ def _train(config: TrainingConfig, accelerator: Accelerator, fast: Speedups) -> 
     device, rank, num_processes = accelerator.device, accelerator.process_index, accelerator.num_processes
     is_main = accelerator.is_main_process
     if config.push_to_hub:  # a push that cannot happen fails now, not after training
-        check_can_push(config.hub_repo_id)
+        private = config.hub_private or None
+        _on_main_process(
+            accelerator, lambda: check_can_push(config.hub_repo_id, private=private), (ValueError, HubError)
+        )
 
     # ---- Batch arithmetic: B global = A micro-steps × P processes × b images --------------------------------------
     B, A = config.train_batch_size, config.gradient_accumulation_steps
@@ -179,11 +258,24 @@ def _train(config: TrainingConfig, accelerator: Accelerator, fast: Speedups) -> 
         )
     micro_batch = B // (A * num_processes)
 
-    # ---- The network, the forward process and the data (bad data fails here, before any training) -----------------
+    # ---- The network, the forward process, the checkpoint to resume and the data (all checked before training) ----
     torch.manual_seed(stream_seed(config.seed, 0))  # the initial weights
     unet = build_unet(config)
     scheduler = build_scheduler(config)
     resolution, channels = unet.config.sample_size, unet.config.in_channels
+    checkpoints_dir = output_dir / "checkpoints"
+    resume_from = _resume_from(config)
+    checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
+    if checkpoint is not None:
+        _check_resumable(config, checkpoint, resume_from)
+        try:
+            unet.load_state_dict(checkpoint.model)
+        except RuntimeError as error:
+            reason = str(error).splitlines()[0]
+            raise ValueError(f"Checkpoint {resume_from} does not fit the run's UNet: {reason}") from None
+    start_step = 0 if checkpoint is None else checkpoint.step
+    if is_main:
+        _warn_if_grids_dominate(config, start_step)
     data = load_training_images(
         config.dataset, config.split, config.image_column, resolution, channels,
         center_crop=config.center_crop, cache_dir=config.cache_dir, show_progress=is_main,
@@ -192,20 +284,6 @@ def _train(config: TrainingConfig, accelerator: Accelerator, fast: Speedups) -> 
     if device.type == "cuda" and images.numel() < 2**31:  # small datasets live on the GPU: the loader never starves it
         images = images.to(device)
     num_images = len(images)
-
-    # ---- Resume ---------------------------------------------------------------------------------------------------
-    checkpoints_dir = output_dir / "checkpoints"
-    resume_from = None
-    if config.resume == "latest":
-        resume_from = latest_checkpoint(checkpoints_dir)
-        if resume_from is None and is_main:
-            print(f"No checkpoint in {checkpoints_dir}: starting a new run.", file=sys.stderr)
-    elif config.resume is not None:
-        resume_from = Path(config.resume)
-    checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
-    if checkpoint is not None:
-        _check_resumable(config, checkpoint.state["config"], resume_from)
-        unet.load_state_dict(checkpoint.model)
 
     # ---- Optimizer (Adam, as the paper), schedule, EMA ------------------------------------------------------------
     unet.to(device, memory_format=torch.channels_last if fast.channels_last else torch.contiguous_format)
@@ -221,20 +299,18 @@ def _train(config: TrainingConfig, accelerator: Accelerator, fast: Speedups) -> 
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(config, step))
     model, optimizer = accelerator.prepare(unet, optimizer)  # the model: `unet` itself, or DDP around it
     forward = torch.compile(model) if fast.compile else model  # `unet` keeps the weights: EMA, checkpoints use it
-    start_step = 0
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint.optimizer)
-        lr_schedule.load_state_dict(checkpoint.state["lr_schedule"])
-        ema.load_state_dict(checkpoint.ema, checkpoint.state["ema_updates"])
-        if accelerator.scaler is not None and checkpoint.state.get("grad_scaler"):
-            accelerator.scaler.load_state_dict(checkpoint.state["grad_scaler"])
-        start_step = checkpoint.step
+        lr_schedule.load_state_dict(checkpoint.state.lr_schedule)
+        ema.load_state_dict(checkpoint.ema, checkpoint.state.ema_updates)
+        if accelerator.scaler is not None and checkpoint.state.grad_scaler:
+            accelerator.scaler.load_state_dict(checkpoint.state.grad_scaler)
 
     metrics_path = output_dir / "metrics.jsonl"
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         kept = _read_metrics(metrics_path, up_to_step=start_step)  # drop what an interrupted run logged after it
-        metrics_path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        metrics_path.write_text("".join(_json_line(row) for row in kept))
     if config.report_to != "none":
         accelerator.init_trackers("ddpm-hf", config={k: str(v) for k, v in config.to_dict().items()})
 
@@ -251,11 +327,11 @@ def _train(config: TrainingConfig, accelerator: Accelerator, fast: Speedups) -> 
     # The EMA network as a pipeline with the run's speed-ups, for grids, FIDs and the result: built once, so that its
     # compiled network and CUDA graph are kept between uses (both read the EMA weights, updated in place).
     ema_pipeline = DDPMPipeline(unet=ema.model, scheduler=build_scheduler(config)).enable_speedups(fast)
-    ema_pipeline.set_progress_bar_config(disable=True)
 
     def measure_fid(step: int) -> None:
         """FID of `fid_num_samples` EMA samples (spread over the processes); keep the EMA pipeline if it is the best."""
         steps = config.fid_inference_steps or T
+        ema_pipeline.set_progress_bar_config(desc=f"FID samples at step {step}", leave=False, disable=not is_main)
         features = sample_features(
             ema_pipeline, inception, config.fid_num_samples, accelerator, seed=config.seed,
             batch_size=config.fid_batch_size, num_inference_steps=steps, respace=steps < T,
@@ -266,7 +342,7 @@ def _train(config: TrainingConfig, accelerator: Accelerator, fast: Speedups) -> 
         if config.report_to != "none":
             accelerator.log({"fid": fid}, step=step)
         with metrics_path.open("a") as handle:
-            handle.write(json.dumps({"step": step, "fid": fid, "fid_num_samples": config.fid_num_samples}) + "\n")
+            handle.write(_json_line({"step": step, "fid": fid, "fid_num_samples": config.fid_num_samples}))
         tqdm.write(f"step {step}: FID {fid:.3f} ({config.fid_num_samples} samples)", file=sys.stderr)
         if fid < best_fid["fid"]:
             best = output_dir / "best_pipeline"
@@ -281,6 +357,7 @@ def _train(config: TrainingConfig, accelerator: Accelerator, fast: Speedups) -> 
         """Draw `num_sample_images` from the EMA network and save a grid (main process only)."""
         generators = [torch.Generator(device).manual_seed(config.seed + i) for i in range(config.num_sample_images)]
         steps = config.sample_inference_steps or config.num_train_timesteps
+        ema_pipeline.set_progress_bar_config(desc=f"Sample grid at step {step}", leave=False)
         samples = ema_pipeline(config.num_sample_images, generator=generators, num_inference_steps=steps).images
         grid = save_image_grid(samples, output_dir / "samples" / f"step-{step:07d}.png")
         grid.save(output_dir / "samples.png")
@@ -377,7 +454,7 @@ def _train(config: TrainingConfig, accelerator: Accelerator, fast: Speedups) -> 
                 accelerator.log({k: v for k, v in row.items() if k != "step"}, step=done)
             if is_main:
                 with metrics_path.open("a") as handle:
-                    handle.write(json.dumps(row) + "\n")
+                    handle.write(_json_line(row))
                 progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{row['lr']:.2e}")
             window_loss.zero_()
             window_steps, window_start = 0, time.time()
@@ -385,21 +462,15 @@ def _train(config: TrainingConfig, accelerator: Accelerator, fast: Speedups) -> 
         if done % config.checkpointing_steps == 0 or done == config.max_train_steps:
             check_finite()
             if is_main:
-                save_checkpoint(
-                    checkpoints_dir,
-                    done,
-                    model=unet.state_dict(),
-                    ema=ema.state_dict(),
-                    optimizer=optimizer.state_dict(),
-                    state={
-                        "config": config.to_dict(),
-                        "lr_schedule": lr_schedule.state_dict(),
-                        "ema_updates": ema.num_updates,
-                        "grad_scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                        "data_position": {"epoch": done * B // num_images, "offset": done * B % num_images},
-                        "images_seen": done * B,
-                    },
+                state = TrainingState(
+                    step=done,
+                    config=config.to_dict(),
+                    lr_schedule=lr_schedule.state_dict(),
+                    ema_updates=ema.num_updates,
+                    grad_scaler=accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                    images_seen=done * B,
                 )
+                save_checkpoint(checkpoints_dir, unet.state_dict(), ema.state_dict(), optimizer.state_dict(), state)
                 if config.checkpoints_total_limit is not None:
                     prune_checkpoints(checkpoints_dir, config.checkpoints_total_limit)
                 tqdm.write(f"saved checkpoint at step {done}", file=sys.stderr)
@@ -440,11 +511,29 @@ def _train(config: TrainingConfig, accelerator: Accelerator, fast: Speedups) -> 
         (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(f"Saved the EMA pipeline to {pipeline_dir} and the summary to {output_dir / 'training_summary.json'}")
         if config.push_to_hub:
-            commit = push_to_hub(output_dir, config.hub_repo_id, private=config.hub_private or None)
-            print(f"Pushed the pipeline to the Hub: {commit}")
+            _push_result(output_dir, config)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
+
+
+def _push_result(output_dir: Path, config: TrainingConfig) -> None:
+    """Push the saved result; if that fails, say that nothing is lost and how to push it later."""
+    try:
+        commit = push_to_hub(output_dir, config.hub_repo_id, private=config.hub_private or None)
+    except (HubError, ValueError, OSError) as error:  # whatever it is, the user must learn that nothing is lost
+        raise PushAfterTrainingError(
+            f"{error} Training is complete and saved in {output_dir}; push it when the Hub is reachable with: "
+            f"ddpm-hf push {output_dir} --repo-id {config.hub_repo_id}"
+        ) from None
+    print(f"Pushed the pipeline to the Hub: {commit}")
+
+
+def _one_line(error: BaseException) -> str:
+    """An error as one line: an operating-system error names its file (a full disk: "No space left on device")."""
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        return f"{error.strerror}: {error.filename}"
+    return " ".join(str(error).split())
 
 
 def run_training(argv: list[str] | None, prog: str) -> int:
@@ -456,8 +545,8 @@ def run_training(argv: list[str] | None, prog: str) -> int:
     )
     try:
         train(parse_training_config(argv, parser=parser))
-    except (ValueError, FileNotFoundError, NonFiniteLossError) as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError, NonFiniteLossError, PushAfterTrainingError, HubError) as error:
+        print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
         return 1
     return 0
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 from .scheduler import BETA_SCHEDULES, LOSS_TYPES, PREDICTION_TYPES, VARIANCE_TYPES
 from .unet import PRESETS as UNET_PRESETS
+from .unet import check_unet_config, load_unet_config, unet_config
 
 __all__ = ["TrainingConfig", "TRAINING_PRESETS", "parse_training_config", "load_config_file", "build_parser"]
 
@@ -41,7 +43,7 @@ class TrainingConfig:
     dataset: str | None = _help("Hub name, dataset folder or image folder; none: the built-in shapes", None)
     split: str = _help("the split to train on", "train")
     image_column: str | None = _help("the image column (found by its feature type when not given)", None)
-    resolution: int | None = _help("image size; default: the UNet's sample_size", None)
+    resolution: int | None = _help("image size; none: the UNet's sample_size", None)
     center_crop: bool = _help("resize the shorter side and crop the centre (else: squash to a square)", True)
     random_flip: bool = _help("random horizontal flips", True)
     cache_dir: str | None = _help("the datasets cache folder", None)
@@ -81,25 +83,28 @@ class TrainingConfig:
     seed: int = _help("the run is a function of the configuration and this seed", 0)
     # Outputs
     output_dir: str = _help("where the pipeline, checkpoints, samples and logs go", "outputs/ddpm")
+    overwrite_output_dir: bool = _help("delete the results of an earlier run in output_dir and start again", False)
     logging_steps: int = _help("log (and check the loss is finite) every N steps", 50)
     checkpointing_steps: int = _help("save a checkpoint every N steps", 5000)
     checkpoints_total_limit: int | None = _help("keep at most this many checkpoints; none: all", 3)
     resume: str | None = _help('"latest" or a checkpoint folder to continue from', None)
     sample_steps: int = _help("save a sample grid from the EMA model every N steps", 10_000)
     num_sample_images: int = _help("images in each sample grid", 64)
-    sample_inference_steps: int | None = _help("sampling steps for the grids; default: T", None)
+    sample_inference_steps: int | None = _help("sampling steps for the grids; none: T", None)
     report_to: str = _help(f"Accelerate tracker: {', '.join(REPORT_TO)}", "tensorboard")
     # Evaluation during training (ddpm_hf.evaluate): FID of the EMA model against the training split
     fid_steps: int | None = _help("compute the FID of the EMA model every N steps and keep the best; none: never", None)
     fid_num_samples: int = _help("samples per FID", 5000)
-    fid_inference_steps: int | None = _help("sampling steps for the FID (fewer than T: respaced); default: T", None)
+    fid_inference_steps: int | None = _help("sampling steps for the FID (fewer than T: respaced); none: T", None)
     fid_batch_size: int = _help("images per sampling call, per process", 256)
     inception_weights: str | None = _help("the FID Inception file (default: looked for in the cache)", None)
     # Publishing (ddpm_hf.hub): the pipeline, its model card and sample grid, once training is done
     push_to_hub: bool = _help("push the trained pipeline to the Hub (the token: HF_TOKEN or `hf auth login`)", False)
     hub_repo_id: str | None = _help("the Hub repo to push to, user/name", None)
     hub_private: bool = _help("create the Hub repo private", False)
-    preset: str | None = _help("the preset the other values start from", None)
+    preset: str | None = _help(
+        "the preset the other values start from: quickstart, ddpm-cifar10 or ddpm-256 (default: quickstart)", None
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -151,8 +156,11 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
         if self.preset is not None and self.preset not in TRAINING_PRESETS:
             raise ValueError(f"preset must be one of {sorted(TRAINING_PRESETS)}, got {self.preset!r}.")
-        if self.unet not in UNET_PRESETS and not Path(self.unet).is_file():
-            raise ValueError(f"unet {self.unet!r} is neither a UNet preset ({sorted(UNET_PRESETS)}) nor a file.")
+        self.unet_kwargs()  # the network's own settings, and the resolution against its downsampling
+        for name, kind in typing.get_type_hints(TrainingConfig).items():
+            value = getattr(self, name)
+            if float in (kind, *typing.get_args(kind)) and value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}.")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}.")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
@@ -169,6 +177,27 @@ class TrainingConfig:
                 raise ValueError(f"{name}={value} exceeds num_train_timesteps={self.num_train_timesteps}.")
         if self.fid_steps is not None and self.fid_num_samples < 2:
             raise ValueError(f"fid_num_samples must be ≥ 2 (a covariance), got {self.fid_num_samples}.")
+
+    def unet_kwargs(self) -> dict[str, Any]:
+        """The `UNet2DModel` arguments of `unet` (a preset or a config.json) with this run's overrides, checked.
+
+        Raises:
+            ValueError: `unet` is neither a preset nor a UNet2DModel config file, or the image size does not suit it.
+        """
+        if self.unet in UNET_PRESETS:
+            kwargs = unet_config(self.unet)
+        elif Path(self.unet).is_file():
+            kwargs = load_unet_config(self.unet)
+        else:
+            raise ValueError(f"unet {self.unet!r} is neither a UNet preset ({sorted(UNET_PRESETS)}) nor a file.")
+        if self.resolution is not None:
+            kwargs["sample_size"] = self.resolution
+        if self.dropout is not None:
+            kwargs["dropout"] = self.dropout
+        if self.variance_type in ("learned", "learned_range"):  # the network also outputs the variance
+            kwargs["out_channels"] = 2 * kwargs.get("in_channels", 3)
+        check_unet_config(kwargs, repr(self.unet))
+        return kwargs
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -248,16 +277,34 @@ def _parse_value(name: str, text: str) -> Any:
         raise argparse.ArgumentTypeError(f"--{name.replace('_', '-')}: {text!r} is not a {kind.__name__}") from None
 
 
+PARSER_DESCRIPTION = """Train a DDPM (Ho et al. 2020) with Hugging Face Accelerate.
+
+Values come from a preset, then a --config file, then these options. The preset is --preset (or `preset:` in the
+file), else quickstart. quickstart: ddpm-small on the built-in shapes at 16 px, 1,200 steps of batch 64, into
+outputs/quickstart (a few minutes on a CPU). ddpm-cifar10: the paper's CIFAR-10 recipe (ddpm-cifar10 network,
+batch 128, 800k steps, learning rate 2e-4), into outputs/ddpm-cifar10. ddpm-256: the paper's 256-px recipe
+(ddpm-256 network, batch 64, learning rate 2e-5), into outputs/ddpm-256. The defaults shown below are quickstart's."""
+
+
+def _shown_default(name: str) -> str:
+    """The value an option takes when neither it nor the file sets it and no preset is named: quickstart's."""
+    value = TRAINING_PRESETS["quickstart"].get(name, _FIELDS[name].default)
+    if value is None:
+        return "auto" if _field_type(name) is bool else "none"
+    return str(value)
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """The command-line options of `ddpm-hf train`: `--config`, and one option per `TrainingConfig` field."""
-    parser = parser or argparse.ArgumentParser(prog="ddpm-hf train", description="Train a DDPM with Accelerate.")
+    parser = parser or argparse.ArgumentParser(prog="ddpm-hf train")
+    parser.description = PARSER_DESCRIPTION
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--config", type=Path, default=None, help="a YAML or JSON file of TrainingConfig fields")
     for name, spec in _FIELDS.items():
         flag = f"--{name.replace('_', '-')}"
-        default = spec.default
-        help_text = (
-            f"{spec.metadata['help']} (default: {'auto' if default is None and _field_type(name) is bool else default})"
-        )
+        help_text = spec.metadata["help"]
+        if "default" not in help_text:
+            help_text += f" (default: {_shown_default(name)})"
         if _field_type(name) is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
@@ -279,7 +326,10 @@ def load_config_file(path: Path) -> dict[str, Any]:
     """
     if not path.is_file():
         raise ValueError(f"Config file {path} does not exist.")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"Config file {path} is not UTF-8 text ({error.reason} at byte {error.start}).") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
@@ -291,6 +341,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise ValueError(f"Config file {path} cannot be parsed: {error}") from error
     if not isinstance(values, dict):
         raise ValueError(f"Config file {path} must hold a mapping of option names to values.")
+    keys = [key for key in values if not isinstance(key, str)]
+    if keys:
+        raise ValueError(f"Config file {path}: option names must be strings, got {keys[0]!r}.")
     values = {key.replace("-", "_"): value for key, value in values.items()}
     unknown = sorted(set(values) - set(_FIELDS))
     if unknown:

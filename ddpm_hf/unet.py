@@ -22,11 +22,13 @@ The presets reproduce the converted original checkpoints on the Hub (`google/ddp
 from __future__ import annotations
 
 import inspect
+import json
+from pathlib import Path
 from typing import Any
 
 from diffusers import UNet2DModel
 
-__all__ = ["PRESETS", "unet_config", "create_unet"]
+__all__ = ["PRESETS", "unet_config", "create_unet", "load_unet_config", "check_unet_config"]
 
 # What every DDPM network shares, whatever its size (see the module docstring).
 _DDPM_COMMON: dict[str, Any] = {
@@ -125,3 +127,50 @@ def unet_config(name: str, **overrides: Any) -> dict[str, Any]:
 def create_unet(name: str, **overrides: Any) -> UNet2DModel:
     """Build a freshly initialised `diffusers.UNet2DModel` from preset `name` (see `unet_config`)."""
     return UNet2DModel(**unet_config(name, **overrides))
+
+
+def load_unet_config(path: str | Path) -> dict[str, Any]:
+    """The `UNet2DModel` keyword arguments of a `config.json` (as `save_config` writes it), checked.
+
+    Raises:
+        ValueError: the file is unreadable, is not JSON, is not a `UNet2DModel` config, or takes unknown arguments
+            (each named with the file).
+    """
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"UNet config {path} cannot be read as JSON: {error}.") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"UNet config {path} must hold a JSON object, not a {type(values).__name__}.")
+    class_name = values.get("_class_name", "UNet2DModel")
+    if class_name != "UNet2DModel":
+        raise ValueError(f"UNet config {path} is a {class_name} config; a UNet2DModel config is needed.")
+    kwargs = {key: value for key, value in values.items() if not key.startswith("_")}
+    unknown = sorted(set(kwargs) - _unet_parameters())
+    if unknown:
+        raise ValueError(f"UNet config {path} has argument(s) UNet2DModel does not take: {unknown}.")
+    return kwargs
+
+
+def check_unet_config(kwargs: dict[str, Any], source: str) -> None:
+    """Check what `UNet2DModel(**kwargs)` would only find out in its first forward pass: an image size that its
+    downsampling stages cannot halve evenly, and block lists of different lengths.
+
+    Raises:
+        ValueError: naming `source` (the preset or file) and the setting.
+    """
+    defaults = {name: p.default for name, p in inspect.signature(UNet2DModel.__init__).parameters.items()}
+    settings = {**defaults, **kwargs}
+    down, up, channels = settings["down_block_types"], settings["up_block_types"], settings["block_out_channels"]
+    if not len(down) == len(up) == len(channels):
+        raise ValueError(
+            f"UNet {source}: down_block_types, up_block_types and block_out_channels must have one entry per "
+            f"resolution, got {len(down)}, {len(up)} and {len(channels)}."
+        )
+    size, factor = settings["sample_size"], 2 ** (len(down) - 1)
+    sizes = size if isinstance(size, (list, tuple)) else (size, size)
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 or s % factor for s in sizes):
+        raise ValueError(
+            f"UNet {source}: the image size {size} must be a positive multiple of {factor}, since its {len(down) - 1} "
+            "downsampling stages halve it each (--resolution)."
+        )

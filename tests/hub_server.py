@@ -8,13 +8,17 @@ check of `README.md` that `create_commit` asks for. Storage is on disk and git-l
 `refs.json` (branches and pull-request refs → commit), one JSON file per commit (its parent, message and the tree of
 path → sha256, size, LFS or not) and the file contents under `objects/` by sha256.
 
-Every request is recorded. A request the server does not handle is recorded in `unhandled` and answered 404; a
-failure of the server itself is recorded in `failures` and answered 400 (never 5xx: the client would retry for half
-a minute). Tests assert both lists are empty at the end.
+Every request is recorded; `refusals` makes a route answer a given error instead (a Hub that refuses a commit). A
+request the server does not handle is recorded in `unhandled` and answered 404; a failure of the server itself is
+recorded in `failures` and answered 400 (never 5xx: the client would retry for half a minute). Tests assert both
+lists are empty at the end.
 
-Writes need `Authorization: Bearer <token>` with one of the server's tokens (401 without), to a namespace the token's
-user owns (403 otherwise). Private repos are invisible to anyone else (401 with `X-Error-Code: RepoNotFound`, as the
-Hub answers).
+Writes need `Authorization: Bearer <token>` with one of the server's tokens (401 without or with an unknown one), a
+token with write access (read-only tokens get 403), to a namespace the token's user owns or is a member of (403
+otherwise). Private repos are invisible to anyone else (401 with `X-Error-Code: RepoNotFound`, as the Hub answers).
+`whoami` reports the token's role (read or write) and `auth-check/write` the right to write to a repo, as the Hub does.
+
+`SilentServer` is the other kind of Hub: one that accepts connections and never answers.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import hashlib
 import json
 import re
 import secrets
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -202,21 +207,29 @@ def is_lfs_path(path: str, size: int, sample: bytes) -> bool:
 
 
 class HubServer:
-    """The Hub on `http://127.0.0.1:port`, storing repos under `storage`; `tokens` maps each valid token to a user."""
+    """The Hub on `http://127.0.0.1:port`, storing repos under `storage`; `tokens` maps each valid token with write
+    access to a user, `read_tokens` each read-only one."""
 
     def __init__(
-        self, storage: Path, port: int, tokens: dict[str, str], organizations: dict[str, set[str]] | None = None
+        self,
+        storage: Path,
+        port: int,
+        tokens: dict[str, str],
+        organizations: dict[str, set[str]] | None = None,
+        read_tokens: dict[str, str] | None = None,
     ):
         self.storage = Path(storage)
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.tokens = dict(tokens)
+        self.read_tokens = dict(read_tokens or {})
         self.organizations = organizations or {}
         self.requests: list[Recorded] = []
         self.unhandled: list[str] = []
         self.failures: list[str] = []
         self.validated_readmes: list[str] = []
         self.lfs_uploads: list[str] = []  # sha256 of each object uploaded through LFS
+        self.refusals: dict[str, HubError] = {}  # route name ("commit", ...) → the error it answers instead
         self.lock = threading.RLock()
         self._upload_signatures: dict[str, tuple[str, str]] = {}  # signature → (repo, sha256)
         self._httpd: ThreadingHTTPServer | None = None
@@ -283,10 +296,12 @@ class HubServer:
             raise HubError(401 if user is None else 404, "Repository not found", "RepoNotFound")
         return repo
 
-    def writable_repository(self, repo_id: str, user: str | None) -> Repository:
+    def writable_repository(self, repo_id: str, user: str | None, can_write: bool = True) -> Repository:
         if user is None:
             raise HubError(401, "You must be authenticated to write to a repository.")
         repo = self.readable_repository(repo_id, user)
+        if not can_write:
+            raise HubError(403, "This token has read access only.")
         if not self.may_write(user, repo_id.split("/")[0]):
             raise HubError(403, f"You don't have the rights to write to {repo_id}.")
         return repo
@@ -314,6 +329,7 @@ class _Handler(BaseHTTPRequestHandler):
         ("GET", r"/api/whoami-v2", "whoami"),
         ("GET", r"/api/agent-harnesses", "agent_harnesses"),
         ("GET", rf"/api/models/{REPO}", "repo_info"),
+        ("GET", rf"/api/models/{REPO}/auth-check(?P<write>/write)?", "auth_check"),
         ("GET", rf"/api/models/{REPO}/revision/(?P<revision>{SEGMENT})", "repo_info"),
         ("GET", rf"/api/models/{REPO}/tree/(?P<revision>{SEGMENT})(?:/(?P<path>.*))?", "list_tree"),
         ("POST", rf"/api/models/{REPO}/preupload/(?P<revision>{SEGMENT})", "preupload"),
@@ -351,7 +367,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.query = {key: values[-1] for key, values in parse_qs(split.query).items()}
         authorization = self.headers.get("Authorization")
         token = authorization[len("Bearer ") :] if authorization and authorization.startswith("Bearer ") else None
-        self.user = self.hub.tokens.get(token) if token else None
+        self.user = (self.hub.tokens.get(token) or self.hub.read_tokens.get(token)) if token else None
+        self.can_write = token in self.hub.tokens
         self.hub.requests.append(Recorded(self.command, split.path, self.user, authorization))
         try:
             if token is not None and self.user is None:
@@ -359,6 +376,8 @@ class _Handler(BaseHTTPRequestHandler):
             for method, pattern, name in self.routes:
                 match = re.fullmatch(pattern, split.path)
                 if method == self.command and match:
+                    if name in self.hub.refusals:
+                        raise self.hub.refusals[name]
                     arguments = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
                     with self.hub.lock:
                         getattr(self, name)(**arguments)
@@ -414,7 +433,15 @@ class _Handler(BaseHTTPRequestHandler):
         if self.user is None:
             raise HubError(401, "Invalid user token.")
         orgs = [{"name": name} for name, members in self.hub.organizations.items() if self.user in members]
-        self._send(200, {"type": "user", "name": self.user, "orgs": orgs})
+        access = {"role": "write" if self.can_write else "read"}
+        self._send(200, {"type": "user", "name": self.user, "orgs": orgs, "auth": {"accessToken": access}})
+
+    def auth_check(self, repo: str, write: str | None = None) -> None:
+        if write:
+            self.hub.writable_repository(repo, self.user, self.can_write)
+        else:
+            self.hub.readable_repository(repo, self.user)
+        self._send(200, {})
 
     def agent_harnesses(self) -> None:
         """The registry of AI coding agents the client fetches once to label its user agent: none here."""
@@ -427,6 +454,8 @@ class _Handler(BaseHTTPRequestHandler):
         if payload.get("type", "model") != "model":
             raise HubError(400, "The test Hub stores model repositories only.")
         namespace, name = payload.get("organization") or self.user, payload["name"]
+        if not self.can_write:
+            raise HubError(403, "This token has read access only.")
         if not self.hub.may_write(self.user, namespace):
             raise HubError(403, f"You don't have the rights to create a model under the namespace {namespace}.")
         repo_id = f"{namespace}/{name}"
@@ -509,7 +538,7 @@ class _Handler(BaseHTTPRequestHandler):
         return {"type": "file", "oid": git_blob_sha1(content), "size": entry["size"], "path": path}
 
     def create_branch(self, repo: str, branch: str) -> None:
-        repository = self.hub.writable_repository(repo, self.user)
+        repository = self.hub.writable_repository(repo, self.user, self.can_write)
         payload = self._json_body() or {}
         if branch in repository.refs:
             raise HubError(409, f"Reference already exists: refs/heads/{branch}")
@@ -534,7 +563,7 @@ class _Handler(BaseHTTPRequestHandler):
         return revision
 
     def preupload(self, repo: str, revision: str) -> None:
-        repository = self.hub.writable_repository(repo, self.user)
+        repository = self.hub.writable_repository(repo, self.user, self.can_write)
         _, files = repository.tree(self._branch_to_write(repository, revision))
         answers = []
         for file in self._json_body()["files"]:
@@ -554,7 +583,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"files": answers, "commitOid": repository.resolve(revision)})
 
     def commit(self, repo: str, revision: str) -> None:
-        repository = self.hub.writable_repository(repo, self.user)
+        repository = self.hub.writable_repository(repo, self.user, self.can_write)
         branch = self._branch_to_write(repository, revision)
         lines = [json.loads(line) for line in self._body().splitlines() if line.strip()]
         if not lines or lines[0].get("key") != "header":
@@ -596,7 +625,7 @@ class _Handler(BaseHTTPRequestHandler):
     # -- LFS ------------------------------------------------------------------------------------------------------
 
     def lfs_batch(self, repo: str) -> None:
-        repository = self.hub.writable_repository(repo, self.user)
+        repository = self.hub.writable_repository(repo, self.user, self.can_write)
         payload = self._json_body()
         if payload.get("operation") != "upload" or "basic" not in payload.get("transfers", ["basic"]):
             raise HubError(400, "The test Hub handles basic LFS uploads only.")
@@ -623,7 +652,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, b"", {"ETag": f'"{hashlib.md5(content).hexdigest()}"'})
 
     def lfs_verify(self, repo: str) -> None:
-        repository = self.hub.writable_repository(repo, self.user)
+        repository = self.hub.writable_repository(repo, self.user, self.can_write)
         payload = self._json_body()
         path = repository.object_path(payload["oid"])
         if not path.is_file() or path.stat().st_size != payload["size"]:
@@ -649,3 +678,40 @@ class _Handler(BaseHTTPRequestHandler):
             headers["ETag"] = f'"{git_blob_sha1(content_path.read_bytes())}"'
         body = b"" if self.command == "HEAD" else content_path.read_bytes()
         self._send(200, body, headers, length=entry["size"])
+
+
+class SilentServer:
+    """A Hub that hangs: it accepts every connection on `http://127.0.0.1:port` and never reads or answers."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.connections: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    def start(self) -> SilentServer:
+        self._listener = socket.create_server(("127.0.0.1", self.port), backlog=64)  # SO_REUSEADDR on POSIX
+        self._listener.settimeout(0.02)  # so that the accepting thread sees `stop`
+        self._thread = threading.Thread(target=self._accept, name="silent-hub", daemon=True)
+        self._thread.start()
+        return self
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self.connections.append(self._listener.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def stop(self) -> None:
+        """Close every connection and stop listening (idempotent)."""
+        if self._thread is not None:
+            self._stopped.set()
+            self._thread.join()
+            self._listener.close()
+            for connection in self.connections:
+                connection.close()
+            self._thread = None

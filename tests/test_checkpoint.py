@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddpm_hf.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from ddpm_hf.checkpoint import TrainingState, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 
 
 def trained_adam() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -19,17 +19,19 @@ def trained_adam() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     return model, optimizer
 
 
+def state(step: int) -> TrainingState:
+    return TrainingState(step, {"seed": 0}, {"last_epoch": step}, ema_updates=step, grad_scaler=None, images_seen=8)
+
+
 def save(tmp_path, step, model, optimizer):
-    return save_checkpoint(
-        tmp_path, step, model.state_dict(), model.state_dict(), optimizer.state_dict(), {"note": "x"}
-    )
+    return save_checkpoint(tmp_path, model.state_dict(), model.state_dict(), optimizer.state_dict(), state(step))
 
 
 def test_a_checkpoint_restores_the_optimizer_so_training_continues_identically(tmp_path):
     model, optimizer = trained_adam()
     path = save(tmp_path, 3, model, optimizer)
     checkpoint = load_checkpoint(path)
-    assert checkpoint.step == 3 and checkpoint.state["note"] == "x"
+    assert checkpoint.step == 3 and checkpoint.state == state(3)
     clone = torch.nn.Linear(4, 3)
     clone.load_state_dict(checkpoint.model)
     clone_optimizer = torch.optim.Adam(clone.parameters(), lr=1e-2)
@@ -78,3 +80,77 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
         load_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="No checkpoint"):
         load_checkpoint(tmp_path / "checkpoint-0000099")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: s.pop("ema_updates"), "'ema_updates' is missing"),
+        (lambda s: s.update(step="3"), "step must be int, got str"),
+        (lambda s: s.update(ema_updates=True), "ema_updates must be int, got bool"),
+        (lambda s: s.update(grad_scaler=[]), "grad_scaler must be dict or null, got list"),
+        (lambda s: s.pop("optimizer"), "'optimizer' is missing"),
+        (lambda s: s["optimizer"]["state"].update({"0": {"exp_avg": {"tensor": "state.9.exp_avg"}}}), "do not match"),
+    ],
+    ids=["missing-key", "string-step", "bool-count", "list-scaler", "no-optimizer", "optimizer-mismatch"],
+)
+def test_a_state_json_with_a_missing_or_mistyped_field_is_named(tmp_path, edit, message):
+    import json
+
+    path = save(tmp_path, 3, *trained_adam())
+    values = json.loads((path / "state.json").read_text())
+    edit(values)
+    (path / "state.json").write_text(json.dumps(values))
+    with pytest.raises(ValueError, match=message) as error:
+        load_checkpoint(path)
+    assert "state.json" in str(error.value) or "optimizer" in str(error.value)
+
+
+def test_files_swapped_between_roles_or_checkpoints_are_refused(tmp_path):
+    model, optimizer = trained_adam()
+    three, four = save(tmp_path, 3, model, optimizer), save(tmp_path, 4, model, optimizer)
+    (three / "model.safetensors").rename(tmp_path / "model")
+    (three / "ema.safetensors").rename(three / "model.safetensors")
+    (tmp_path / "model").rename(three / "ema.safetensors")
+    with pytest.raises(ValueError, match=r"model.safetensors holds the ema tensors of step 3.*swapped in"):
+        load_checkpoint(three)
+    (four / "optimizer.safetensors").write_bytes((three / "optimizer.safetensors").read_bytes())
+    with pytest.raises(ValueError, match=r"optimizer.safetensors holds the optimizer tensors of step 3, not .* 4"):
+        load_checkpoint(four)
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused_by_name(tmp_path):
+    model, optimizer = trained_adam()
+    with torch.no_grad():
+        model.bias[1] = float("nan")
+    path = save(tmp_path, 3, model, optimizer)
+    message = r"model.safetensors holds non-finite values \(in 'bias'\).*earlier checkpoint"
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(path)
+
+
+def test_a_failed_write_leaves_no_partial_checkpoint_and_says_the_previous_one_is_intact(tmp_path):
+    """A full disk, simulated by a file-size limit: the write fails with the folder named, its temporary folder is
+    removed, and the previous checkpoint is untouched and still the latest."""
+    import resource
+    import signal
+
+    from ddpm_hf.checkpoint import CheckpointWriteError
+
+    model, optimizer = trained_adam()
+    previous = save(tmp_path, 3, model, optimizer)
+    files = {p.name: p.read_bytes() for p in previous.iterdir()}
+    big = torch.nn.Linear(256, 256)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        with pytest.raises(CheckpointWriteError, match=r"checkpoint-0000004 \(.*File too large.*\); the previous "
+                                                       r"checkpoint checkpoint-0000003 is intact"):  # fmt: skip
+            save_checkpoint(tmp_path, big.state_dict(), big.state_dict(), optimizer.state_dict(), state(4))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-0000003"]
+    assert {p.name: p.read_bytes() for p in previous.iterdir()} == files
+    assert latest_checkpoint(tmp_path) == previous

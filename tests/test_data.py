@@ -12,6 +12,7 @@ import torch
 from shared_data import CIFAR10, needs_cifar10
 
 from ddpm_hf.data import (
+    check_channels,
     decode_images,
     find_image_column,
     global_batch_indices,
@@ -89,6 +90,13 @@ class TestLoading:
         with pytest.raises(ValueError, match="no split 'test'"):
             load_image_dataset(str(tmp_path), split="test")
 
+    def test_an_empty_folder_is_said_to_hold_no_images_not_to_be_missing(self, tmp_path):
+        (tmp_path / "data" / "sub").mkdir(parents=True)
+        (tmp_path / "data" / "notes.txt").write_text("no images here")
+        with pytest.raises(ValueError, match=r"Dataset folder .*data holds no images") as refused:
+            load_image_dataset(str(tmp_path / "data"))
+        assert "does not exist" not in str(refused.value)
+
     def test_no_source_gives_the_builtin_shapes(self):
         loaded = load_image_dataset(None, image_size=16)
         assert len(loaded) > 1000 and find_image_column(loaded.features) == "image"
@@ -112,6 +120,27 @@ class TestDecoding:
         with pytest.raises(ValueError, match="row 4"):
             load_training_images(str(tmp_path / "saved"), "test", None, 8, 3, show_progress=False)
 
+    def test_a_truncated_image_file_is_reported_with_its_row_and_its_path(self, tmp_path):
+        for i in range(3):
+            PIL.Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"{i}.png")
+        whole = (tmp_path / "1.png").read_bytes()
+        (tmp_path / "1.png").write_bytes(whole[: len(whole) // 2])
+        with pytest.raises(ValueError, match=r"row 1 .*1\.png") as refused:
+            load_training_images(str(tmp_path), "train", None, 8, 3, show_progress=False)
+        assert str(tmp_path / "1.png") in str(refused.value) and "\n" not in str(refused.value)
+
+    @pytest.mark.parametrize("channels", [0, 2, 4])
+    def test_a_model_of_other_than_1_or_3_channels_is_refused_before_the_data_is_read(self, channels, tmp_path):
+        """A 4-channel UNet on RGB data: the message says which channel counts work, and nothing is decoded (the
+        dataset named here does not even exist)."""
+        message = rf"{channels} input channels.*1 \(greyscale\) or 3 \(RGB\)"
+        with pytest.raises(ValueError, match=message):
+            load_training_images(str(tmp_path / "never-read"), "train", None, 8, channels, show_progress=False)
+        with pytest.raises(ValueError, match=message):
+            decode_images(small_dataset(2), "img", 8, channels, show_progress=False)
+        with pytest.raises(ValueError, match=message):
+            check_channels(channels)
+
     def test_an_unreadable_image_is_reported_with_its_row(self):
         rows = [{"bytes": png_bytes(PIL.Image.new("RGB", (8, 8))), "path": None}] * 5
         rows[3] = {"bytes": b"not an image at all", "path": None}
@@ -128,6 +157,15 @@ class TestDecoding:
         assert prepare_image(opaque, 8, 3)[:, 0, 0].tolist() == [10, 20, 30]
         assert prepare_image(PIL.Image.new("RGB", (8, 8), (255, 255, 255)), 8, 1).shape == (1, 8, 8)
 
+    def test_a_16_bit_greyscale_png_folder_is_decoded_to_its_levels_not_to_white(self, tmp_path):
+        """The bug this guards against: PIL's own conversion clips 16-bit values at 255, so every pixel was white."""
+        ramp = np.arange(16, dtype=np.uint16).reshape(4, 4) * 4369  # 0, 4369, …, 65535: levels 0, 17, …, 255
+        for i in range(2):
+            PIL.Image.fromarray(ramp).save(tmp_path / f"{i}.png")
+        assert PIL.Image.open(tmp_path / "0.png").mode == "I;16"
+        data = load_training_images(str(tmp_path), "train", None, 4, 1, show_progress=False)
+        assert data.images[0, 0].flatten().tolist() == [17 * k for k in range(16)]
+
     def test_images_are_resized_by_their_shorter_side_and_centre_cropped(self):
         image = np.zeros((40, 80, 3), dtype=np.uint8)
         image[:, 20:60] = 255  # a white centre square between black side bands
@@ -140,6 +178,66 @@ class TestDecoding:
         images = torch.tensor([[[[0, 255]]], [[[0, 255]]]], dtype=torch.uint8)
         x = to_model_input(images, flip=torch.tensor([False, True]))
         assert x[0].flatten().tolist() == [-1.0, 1.0] and x[1].flatten().tolist() == [1.0, -1.0]
+
+
+def _image(mode: str, pixels: list, **info) -> PIL.Image.Image:
+    """A 2×2 image of `mode` with the four `pixels` (row by row)."""
+    if mode in ("I;16", "I", "F"):
+        dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+        return PIL.Image.fromarray(np.array(pixels, dtype=dtype).reshape(2, 2))
+    image = PIL.Image.new(mode, (2, 2))
+    if mode == "P":
+        image.putpalette([255, 0, 0, 0, 0, 255])  # index 0 red, 1 blue
+    image.putdata(pixels)
+    image.info.update(info)
+    return image
+
+
+GREY = lambda *levels: [(v, v, v) for v in levels]  # noqa: E731
+RED_LUMA, BLUE_LUMA = 76, 29  # ITU-R 601 luma of pure red and pure blue: 0.299 · 255 and 0.114 · 255
+# mode, file format, the four pixels, the expected RGB pixels, the expected greyscale levels
+EVERY_MODE = [
+    ("1", "PNG", [0, 1, 1, 0], GREY(0, 255, 255, 0), [0, 255, 255, 0]),
+    ("L", "PNG", [0, 100, 200, 255], GREY(0, 100, 200, 255), [0, 100, 200, 255]),
+    ("LA", "PNG", [(100, 255), (100, 0), (0, 255), (200, 255)], GREY(100, 255, 0, 200), [100, 255, 0, 200]),
+    ("P", "PNG", [0, 1, 0, 1], [(255, 0, 0), (0, 0, 255)] * 2, [RED_LUMA, BLUE_LUMA] * 2),
+    ("RGB", "PNG", [(10, 20, 30), (255, 0, 0), (0, 0, 0), (255, 255, 255)],
+     [(10, 20, 30), (255, 0, 0), (0, 0, 0), (255, 255, 255)], [18, RED_LUMA, 0, 255]),
+    ("RGBA", "PNG", [(10, 20, 30, 255), (10, 20, 30, 0), (0, 0, 0, 255), (255, 0, 0, 255)],
+     [(10, 20, 30), (255, 255, 255), (0, 0, 0), (255, 0, 0)], [18, 255, 0, RED_LUMA]),
+    ("CMYK", "TIFF", [(0, 0, 0, 0), (0, 255, 255, 0), (255, 255, 255, 0), (0, 0, 0, 255)],
+     [(255, 255, 255), (255, 0, 0), (0, 0, 0), (0, 0, 0)], [255, RED_LUMA, 0, 0]),
+    ("I;16", "PNG", [0, 257, 32768, 65535], GREY(0, 1, 128, 255), [0, 1, 128, 255]),
+    ("I;16", "TIFF", [0, 257, 32768, 65535], GREY(0, 1, 128, 255), [0, 1, 128, 255]),
+    ("I", "TIFF", [-5, 257, 65535, 70000], GREY(0, 1, 255, 255), [0, 1, 255, 255]),
+    ("F", "TIFF", [0.0, 0.5, 1.0, 0.25], GREY(0, 128, 255, 64), [0, 128, 255, 64]),
+    ("F", "TIFF", [-3.0, 12.4, 300.0, 99.6], GREY(0, 12, 255, 100), [0, 12, 255, 100]),
+]  # fmt: skip
+
+
+class TestEveryImageModeBecomesEightBits:
+    """Each mode PIL opens, written to a real file and read back, gives the pixel values `to_eight_bits` documents,
+    for RGB and greyscale models alike."""
+
+    @pytest.mark.parametrize(
+        "mode, file_format, pixels, rgb, grey",
+        EVERY_MODE,
+        ids=[f"{row[0]}-{row[1]}-{i}" for i, row in enumerate(EVERY_MODE)],
+    )
+    def test_pixel_values(self, tmp_path, mode, file_format, pixels, rgb, grey):
+        path = tmp_path / f"image.{file_format.lower()}"
+        _image(mode, pixels).save(path, format=file_format)
+        with PIL.Image.open(path) as image:
+            assert image.mode == mode  # the file really holds that mode
+            assert prepare_image(image, 2, 3).reshape(3, 4).T.tolist() == [list(pixel) for pixel in rgb]
+            assert prepare_image(image, 2, 1).flatten().tolist() == grey
+
+    def test_a_palette_with_a_transparent_index_is_composited_on_white(self, tmp_path):
+        _image("P", [0, 1, 0, 1]).save(tmp_path / "p.png", transparency=1)
+        with PIL.Image.open(tmp_path / "p.png") as image:
+            assert image.mode == "P" and image.info["transparency"] == 1
+            assert prepare_image(image, 2, 3).reshape(3, 4).T.tolist() == [[255, 0, 0], [255, 255, 255]] * 2
+            assert prepare_image(image, 2, 1).flatten().tolist() == [RED_LUMA, 255] * 2
 
 
 class TestBatchOrder:

@@ -4,11 +4,13 @@ the same numbers whatever the number of processes or the batch sizes, and nothin
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import subprocess
 from pathlib import Path
 
+import datasets
 import numpy as np
 import PIL.Image
 import pytest
@@ -38,10 +40,16 @@ from ddpm_hf.inception import (
     load_inception,
 )
 from ddpm_hf.metrics import feature_statistics, frechet_distance, variational_bound
-from ddpm_hf.sampling import load_samples
+from ddpm_hf.sampling import MANIFEST_NAME, load_samples
 from ddpm_hf.seeding import stream_seed
 
 FIGURES = ("samples", "progressive_generation", "shared_latents", "interpolation")
+
+
+def png_bytes(image: PIL.Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 class PooledFeatures(torch.nn.Module):
@@ -133,7 +141,8 @@ def test_the_command_writes_the_report_the_figures_and_prints_the_table(pipeline
     assert statistics.is_file() and statistics.parent == cache / "fid_reference"
     assert report["sampling"]["num_samples"] == 16 and report["sampling"]["num_inference_steps"] == 10
     assert report["sampling"]["speedups"] == Speedups.off().describe()  # "auto" on the CPU: the plain computation
-    assert sorted(p.name for p in (output / "samples").iterdir()) == [f"{i:06d}.png" for i in range(16)]
+    assert sorted(p.name for p in (output / "samples").glob("*.png")) == [f"{i:06d}.png" for i in range(16)]
+    assert json.loads((output / "samples" / MANIFEST_NAME).read_text())["seed"] == 1  # what drew them
 
     # the FID is that of the written samples against the first 24 training images, recomputed independently
     model = load_inception(WEIGHTS)
@@ -160,6 +169,14 @@ def test_the_command_writes_the_report_the_figures_and_prints_the_table(pipeline
         with PIL.Image.open(path) as image:
             image.load()
             assert image.format == "PNG" and image.width > 16 and image.height >= 16
+
+    # every long phase said what it was doing
+    labels = [
+        "Sampling (10 steps)", "Inception features of the samples", "Decoding the train split (FID reference)",
+        "Inception features of the train split", f"FID reference statistics cached in {statistics}",
+        "Decoding the test split (bits/dim)", "Bits/dim", "Fig. 6: progressive generation",
+    ]  # fmt: skip
+    assert [label for label in labels if label not in printed.err] == []
 
     # the table
     assert "FID (16 samples vs train, 24 images)" in printed.out and f"{metrics['fid']:.3f}" in printed.out
@@ -199,7 +216,7 @@ def test_one_and_two_processes_give_the_same_fid_bits_per_dim_and_samples(pipeli
         assert both["metrics"][name] == pytest.approx(value, rel=1e-5), name
     if with_fid:
         assert np.array_equal(load_samples(one_dir / "samples", 7), load_samples(two_dir / "samples", 7))
-        assert len(list((two_dir / "samples").iterdir())) == 7
+        assert len(list((two_dir / "samples").glob("*.png"))) == 7
         with (
             np.load(one["fid"]["reference"]["statistics_file"]) as a,
             np.load(both["fid"]["reference"]["statistics_file"]) as b,
@@ -245,6 +262,61 @@ def test_reference_statistics_are_computed_once_and_cached_under_their_key(tmp_p
         reference_statistics("builtin:shapes", "train", 16, 3, MustNotRun(), num_images=5, cache_dir=cache)
 
 
+def test_reference_statistics_decode_only_the_images_they_use(tmp_path):
+    """`--reference-num-images 2` decodes two images, not the split: the third row here is not even an image."""
+    rows = [{"bytes": png_bytes(PIL.Image.new("RGB", (16, 16), (40 * i, 0, 0))), "path": None} for i in range(2)]
+    rows.append({"bytes": b"not an image", "path": None})
+    dataset = datasets.Dataset.from_dict({"img": rows}).cast_column("img", datasets.Image())
+    datasets.DatasetDict({"train": dataset}).save_to_disk(str(tmp_path / "data"))
+    first_two = reference_statistics(str(tmp_path / "data"), "train", 16, 3, PooledFeatures(), num_images=2,
+                                     cache_dir=tmp_path / "cache")  # fmt: skip
+    assert first_two.num_images == 2
+    with pytest.raises(ValueError, match="row 2"):
+        reference_statistics(str(tmp_path / "data"), "train", 16, 3, PooledFeatures(), cache_dir=tmp_path / "cache")
+
+
+def test_reference_statistics_say_which_cache_file_they_write_or_reuse(tmp_path, capsys):
+    computed = reference_statistics("builtin:shapes", "train", 16, 3, PooledFeatures(), num_images=3,
+                                    cache_dir=tmp_path / "cache")  # fmt: skip
+    said = capsys.readouterr().err
+    assert f"computing them, to be cached in {computed.path}" in said and f"cached in {computed.path}" in said
+    reference_statistics("builtin:shapes", "train", 16, 3, MustNotRun(), num_images=3, cache_dir=tmp_path / "cache")
+    assert f"FID reference statistics: reusing {computed.path}" in capsys.readouterr().err
+
+
+def test_the_help_says_where_the_cache_is_and_how_to_move_it(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "reference statistics are cached (default: $DDPM_HF_CACHE, else $HF_HOME/ddpm_hf)" in help_text
+    assert "--cache-dir" in help_text
+
+
+def test_samples_of_another_pipeline_are_not_measured(pipeline, tiny_unet, tmp_path):
+    """FID of pipeline B where pipeline A's samples lie: refused before a sample is drawn or a feature computed."""
+    sample_features(pipeline, PooledFeatures(), 3, samples_dir=tmp_path / "samples", seed=3)
+    with torch.no_grad():
+        tiny_unet.conv_in.weight.add_(0.01)  # another model: the same network, other weights
+    other = DDPMPipeline(unet=tiny_unet, scheduler=DDPMScheduler(num_train_timesteps=10))
+    with pytest.raises(ValueError, match=r"samples holds samples drawn with other settings \(unet_sha256"):
+        sample_features(other, MustNotRun(), 3, samples_dir=tmp_path / "samples", seed=3)
+
+
+def test_every_phase_of_the_evaluation_is_labelled(pipeline_dir, tmp_path, capsys):
+    """Bits/dim and the figures (no Inception weights needed): each phase shows a progress bar with its name."""
+    status = main([str(pipeline_dir), "--dataset", "builtin:shapes", "--metrics", "bpd", "--bpd-num-images", "2",
+                   "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    said = capsys.readouterr().err
+    assert status == 0, said[-3000:]
+    labels = [
+        "Decoding the test split (bits/dim)", "Bits/dim", "Sample grid (64 images)", "Fig. 6: progressive generation",
+        "Fig. 7: shared latents from t = 10", "Fig. 8: interpolation",
+    ]  # fmt: skip
+    assert [label for label in labels if label not in said] == []
+    bars = [part for part in said.replace("\r", "\n").splitlines() if "%|" in part]
+    assert bars and all(":" in bar.split("%|")[0] for bar in bars)  # no bar without a label
+
+
 def test_dataset_bits_per_dim_is_the_variational_bound_with_index_tied_noise(tiny_unet):
     tiny_unet.eval()
     scheduler = DDPMScheduler(num_train_timesteps=10)
@@ -269,7 +341,9 @@ def test_sample_features_are_the_same_from_memory_and_from_png_files(pipeline, t
     from_files = sample_features(pipeline, network, 5, samples_dir=tmp_path / "samples", seed=3, batch_size=2)
     assert in_memory.shape == (5, 2048) and in_memory.dtype == np.float64
     np.testing.assert_array_equal(in_memory, from_files)
-    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [f"{i:06d}.png" for i in range(5)]
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [f"{i:06d}.png" for i in range(5)] + [
+        MANIFEST_NAME
+    ]
     written = torch.from_numpy(load_samples(tmp_path / "samples", 5)).permute(0, 3, 1, 2)
     np.testing.assert_allclose(from_files, inception_features(network, written), rtol=1e-5, atol=1e-5)
     assert len({row.tobytes() for row in in_memory}) == 5

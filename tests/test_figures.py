@@ -36,6 +36,36 @@ def test_the_command_draws_figures_from_dataset_images(tiny_unet, tmp_path, caps
     assert "interpolation:" in capsys.readouterr().out
 
 
+def test_every_progress_bar_names_its_figure(tiny_unet, tmp_path, capsys):
+    """A dozen reverse chains, each its own progress bar: none is left without a label saying what it draws."""
+    DDPMPipeline(tiny_unet, DDPMScheduler(num_train_timesteps=8)).save_pretrained(tmp_path / "pipeline")
+    assert cli(["figures", str(tmp_path / "pipeline"), "--output-dir", str(tmp_path / "f"), "--num-samples", "2"]) == 0
+    said = capsys.readouterr().err
+    labels = ["Sample grid (2 images)", "Fig. 6: progressive generation (2 images)", "Fig. 8: interpolation from t = 5"]
+    labels += [f"Fig. 7: shared latents from t = {t}" for t in (8, 7, 5, 3)]
+    assert [label for label in labels if label not in said] == []
+    bars = [part for part in said.replace("\r", "\n").splitlines() if "%|" in part]
+    assert bars and all(":" in bar.split("%|")[0] for bar in bars)
+
+
+def test_write_figures_leaves_the_pipelines_own_progress_bar_settings(tiny_unet, tmp_path, capsys):
+    pipeline = DDPMPipeline(tiny_unet, DDPMScheduler(num_train_timesteps=4))
+    pipeline.set_progress_bar_config(disable=True, desc="mine")
+    write_figures(pipeline, tmp_path, num_samples=2, show_progress=False)
+    assert pipeline._progress_bar_config == {"disable": True, "desc": "mine"}
+    assert "%|" not in capsys.readouterr().err
+
+
+def test_pickle_weights_draw_figures_only_with_allow_pickle(tiny_unet, tmp_path, capsys):
+    pipeline = DDPMPipeline(tiny_unet, DDPMScheduler(num_train_timesteps=4))
+    pipeline.save_pretrained(tmp_path / "pipeline")
+    (tmp_path / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    tiny_unet.save_pretrained(tmp_path / "pipeline" / "unet", safe_serialization=False)
+    command = ["figures", str(tmp_path / "pipeline"), "--output-dir", str(tmp_path / "f"), "--num-samples", "2"]
+    assert cli(command) == 1 and "--allow-pickle" in capsys.readouterr().err
+    assert cli([*command, "--allow-pickle"]) == 0 and (tmp_path / "f" / "interpolation.png").is_file()
+
+
 def test_a_missing_pipeline_is_a_clear_error(tmp_path, capsys):
     assert cli(["figures", str(tmp_path / "none"), "--output-dir", str(tmp_path / "f")]) == 1
     assert "error" in capsys.readouterr().err

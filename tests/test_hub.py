@@ -11,6 +11,11 @@ test at the address `conftest.py` gave the client (`HF_ENDPOINT`), with its own 
 * Re-pushing makes a new commit; branches, pull requests and commits pin what is loaded; a private repo is private.
 * A repo or revision that does not exist is an error naming it; a warm cache loads offline and when the Hub is down.
 * The token is sent in the Authorization header only: never printed, logged, put in a URL or uploaded.
+* A Hub that never answers is an error within DDPM_HF_HUB_TIMEOUT seconds; a wrong, read-only or unauthorised token
+  is refused before anything is uploaded; every Hub failure is one `HubError` line naming the endpoint.
+* `model_index.json` may name only a UNet2DModel and a diffusers scheduler: a nested pipeline is refused.
+
+`test_bad_input_push.py` has the table of what `ddpm-hf push` refuses.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -30,7 +36,8 @@ import PIL.Image
 import pytest
 import torch
 from diffusers.utils import logging as diffusers_logging
-from hub_server import HubServer
+from hub_server import HubError as ServerRefusal
+from hub_server import HubServer, SilentServer
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import (
     HfHubHTTPError,
@@ -38,12 +45,13 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+from huggingface_hub.utils import _http as hf_http
+from huggingface_hub.utils import disable_progress_bars, enable_progress_bars, set_client_factory
 from safetensors.torch import save_file
 
 import ddpm_hf
 from ddpm_hf import cli
-from ddpm_hf.hub import PICKLE_SUFFIXES, collect_push_contents, push_to_hub
+from ddpm_hf.hub import PICKLE_SUFFIXES, HubError, check_can_push, collect_push_contents, push_to_hub
 from ddpm_hf.model_card import check_model_card
 from ddpm_hf.training_config import TrainingConfig
 
@@ -56,6 +64,7 @@ pytestmark = [
 
 TOKEN = "hf_DDPMtestTOKEN0x5eCr3t0nEVERshown"  # alice's: distinctive, to look for wherever it must not be
 BOB_TOKEN = "hf_bobTOKEN0000000000000000000000"
+READ_TOKEN = "hf_aliceREADonly000000000000000000"  # alice's, without write access
 REPO = "alice/ddpm-tiny"
 T = 10  # diffusion steps of the test pipelines
 STANDARD_LAYOUT = {
@@ -74,11 +83,11 @@ STANDARD_LAYOUT = {
 @pytest.fixture
 def hub(tmp_path, monkeypatch) -> HubServer:
     """An empty Hub at the client's endpoint, the client online with alice's token in `HF_TOKEN` and an empty Hub
-    cache. Users: alice (also in the organisation "google"), bob. The test fails if the client made a request the
-    server does not handle, or the server failed."""
+    cache. Users: alice (also in the organisation "google"; READ_TOKEN is a read-only one of hers), bob. The test
+    fails if the client made a request the server does not handle, or the server failed."""
     port = urlsplit(constants.ENDPOINT).port
-    tokens = {TOKEN: "alice", BOB_TOKEN: "bob"}
-    server = HubServer(tmp_path / "hub-storage", port, tokens, organizations={"google": {"alice"}}).start()
+    tokens, read_tokens = {TOKEN: "alice", BOB_TOKEN: "bob"}, {READ_TOKEN: "alice"}
+    server = HubServer(tmp_path / "hub-storage", port, tokens, {"google": {"alice"}}, read_tokens).start()
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     monkeypatch.setenv("HF_TOKEN", TOKEN)
@@ -254,16 +263,21 @@ def test_train_push_to_hub_publishes_the_trained_pipeline_when_training_ends(hub
     assert "Pushed the pipeline to the Hub" in result.stdout and TOKEN not in result.stdout + result.stderr
 
 
-def test_train_push_to_hub_without_a_token_or_repo_id_fails_before_training(hub, tmp_path):
+def test_train_push_to_hub_without_a_usable_token_or_repo_id_fails_before_training(hub, tmp_path):
+    """No token, a token the Hub refuses, a read-only one, no repo id or an invalid one: `--push-to-hub` fails at
+    once, before the first step, with one line that never shows the token."""
     env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
     env.update(HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "home"))
-    for arguments, message in (
-        (["--push-to-hub", "--hub-repo-id", "alice/trained"], "No Hugging Face token"),
-        (["--push-to-hub"], "hub_repo_id"),
-        (["--push-to-hub", "--hub-repo-id", "not a repo"], "Repo id"),
+    for token, arguments, message in (
+        (None, ["--push-to-hub", "--hub-repo-id", "alice/trained"], "No Hugging Face token"),
+        ("hf_wrong", ["--push-to-hub", "--hub-repo-id", "alice/trained"], "refused the Hugging Face token in HF_TOKEN"),
+        (READ_TOKEN, ["--push-to-hub", "--hub-repo-id", "alice/trained"], "is read-only"),
+        (TOKEN, ["--push-to-hub"], "hub_repo_id"),
+        (TOKEN, ["--push-to-hub", "--hub-repo-id", "not a repo"], "Repo id"),
     ):
-        result = train(tmp_path / "run", *arguments, env=env)
+        result = train(tmp_path / "run", *arguments, env=env if token is None else {**env, "HF_TOKEN": token})
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+        assert (token or "no token") not in result.stdout + result.stderr
         assert not (tmp_path / "run" / "checkpoints").exists()
     assert hub.repository("alice/trained") is None
 
@@ -413,14 +427,17 @@ def test_a_downloaded_pipeline_still_loads_when_the_hub_is_down(hub, run_dir, pi
 
 
 def test_a_repo_that_does_not_exist_is_an_error_naming_it(hub):
-    with pytest.raises(RepositoryNotFoundError, match="Model repo 'alice/no-such-model' not found on http://127"):
+    """A HubError on one line, and huggingface_hub's RepositoryNotFoundError too, for code that catches that."""
+    with pytest.raises(RepositoryNotFoundError, match="Model repo 'alice/no-such-model' not found on http://127") as e:
         ddpm_hf.DDPMPipeline.from_pretrained("alice/no-such-model")
+    assert isinstance(e.value, HubError) and "\n" not in str(e.value) and e.value.response.status_code == 404
 
 
 def test_a_revision_that_does_not_exist_is_an_error_naming_it(hub, run_dir):
     push_to_hub(run_dir, REPO)
-    with pytest.raises(RevisionNotFoundError, match=f"Revision 'no-such-branch' not found in model repo '{REPO}'"):
+    with pytest.raises(RevisionNotFoundError, match=f"Revision 'no-such-branch' not found in model repo '{REPO}'") as e:
         ddpm_hf.DDPMPipeline.from_pretrained(REPO, revision="no-such-branch")
+    assert isinstance(e.value, HubError) and "\n" not in str(e.value)
 
 
 def test_a_string_that_is_neither_a_folder_nor_a_repo_id_is_a_file_not_found_error(hub, tmp_path):
@@ -540,7 +557,9 @@ def test_a_repo_with_pickle_weights_only_is_refused_unless_allowed(hub, pipe, tm
     api.create_repo("google/ddpm-pickle")
     folder = flat_folder(pipe, tmp_path / "flat", safetensors=False, pickle=True)
     api.upload_folder(folder_path=folder, repo_id="google/ddpm-pickle")
-    with pytest.raises(ValueError, match=r"pickle weights only \(diffusion_pytorch_model\.bin\).*allow_pickle=True"):
+    with pytest.raises(
+        ValueError, match=r"pickle weights only \(diffusion_pytorch_model\.bin\).*allow_pickle=True \(--allow-pickle"
+    ):
         ddpm_hf.DDPMPipeline.from_pretrained("google/ddpm-pickle")
     assert_same_weights(ddpm_hf.DDPMPipeline.from_pretrained("google/ddpm-pickle", allow_pickle=True), pipe)
 
@@ -564,7 +583,9 @@ def test_the_token_is_never_printed_logged_put_in_a_url_or_uploaded(hub, run_dir
     caplog.set_level(logging.DEBUG)
     assert cli.main(["push", str(run_dir), "--repo-id", REPO, "--commit-message", "From the CLI"]) == 0
     out, err = capfd.readouterr()
-    assert out.startswith(f"Pushed {run_dir} to {hub.url}/{REPO}: {hub.url}/{REPO}/commit/")
+    announced, pushed = out.splitlines()
+    assert re.fullmatch(rf"Pushing 6 files \(\d+\.\d kB\) to {hub.url}/{REPO}, main", announced)
+    assert pushed.startswith(f"Pushed {run_dir} to {hub.url}/{REPO}: {hub.url}/{REPO}/commit/")
     assert TOKEN not in out + err and TOKEN not in caplog.text
     writes = [r for r in hub.requests if r.method in ("POST", "PUT") and not r.path.startswith("/lfs-upload/")]
     assert writes and all(r.authorization == f"Bearer {TOKEN}" for r in writes)
@@ -603,3 +624,138 @@ def test_push_command_reports_user_errors_on_one_line_with_status_1(
     assert err.startswith("ddpm-hf push: error: ") and err.endswith("\n") and err.count("\n") == 1, err
     assert message in err and "Traceback" not in err and TOKEN not in err
     assert not [r for r in hub.requests if "/commit/" in r.path]  # nothing was committed
+
+
+# -------------------------------------------------------------------------------------------------------------
+# 6. Safety: time limits, the right to write, what a pipeline may name, one error type
+# -------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def silent_hub(tmp_path, monkeypatch) -> SilentServer:
+    """A Hub at the client's endpoint that accepts connections and never answers, with a one-second time limit."""
+    server = SilentServer(urlsplit(constants.ENDPOINT).port).start()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("DDPM_HF_HUB_TIMEOUT", "1")
+    yield server
+    server.stop()
+
+
+def test_a_push_to_a_hub_that_never_answers_fails_within_the_time_limit(silent_hub, run_dir, capsys):
+    """`ddpm-hf push` to a Hub that accepts the connection and never answers stops after DDPM_HF_HUB_TIMEOUT
+    seconds with one line naming the endpoint and the limit, and says the folder is unchanged."""
+    started = time.monotonic()
+    assert cli.main(["push", str(run_dir), "--repo-id", REPO]) == 1
+    assert time.monotonic() - started < 10
+    assert silent_hub.connections  # the Hub was asked
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and TOKEN not in err
+    assert f"the Hub at {constants.ENDPOINT} did not answer within 1 s (DDPM_HF_HUB_TIMEOUT" in err
+    assert f"Nothing was lost: {run_dir} is unchanged." in err
+
+
+def test_a_download_from_a_hub_that_never_answers_fails_within_the_time_limit(silent_hub):
+    """from_pretrained(repo id) against a Hub that never answers: a HubError (and LocalEntryNotFoundError) within
+    the time limit, naming the repo, the endpoint and the limit."""
+    started = time.monotonic()
+    with pytest.raises(LocalEntryNotFoundError, match="'alice/ddpm-tiny' is not in the Hub cache") as error:
+        ddpm_hf.DDPMPipeline.from_pretrained(REPO)
+    assert time.monotonic() - started < 10
+    assert isinstance(error.value, HubError) and "\n" not in str(error.value)
+    assert f"the Hub at {constants.ENDPOINT} did not answer within 1 s" in str(error.value)
+
+
+def test_the_time_limit_holds_for_ddpm_hf_calls_only_and_keeps_the_users_client_factory(hub, run_dir):
+    """The limit is added to the clients huggingface_hub makes during a push or a download; the client factory the
+    user set is used for them and is back in place afterwards, after a failure too."""
+    made = []
+
+    def factory():
+        made.append(hf_http.default_client_factory())
+        return made[-1]
+
+    set_client_factory(factory)
+    try:
+        push_to_hub(run_dir, REPO)
+        with pytest.raises(RepositoryNotFoundError):
+            ddpm_hf.DDPMPipeline.from_pretrained("alice/no-such-model")
+        assert hf_http._GLOBAL_CLIENT_FACTORY is factory
+        assert made and all(len(client.event_hooks["request"]) == 2 for client in made)  # huggingface_hub's + ours
+    finally:
+        set_client_factory(hf_http.default_client_factory)
+
+
+def test_a_wrong_token_is_refused_before_anything_is_created(hub):
+    with pytest.raises(HubError, match=r"refused the Hugging Face token passed as token=: it is invalid") as error:
+        check_can_push(REPO, token="hf_not_a_valid_token")
+    assert "hf_not_a_valid_token" not in str(error.value) and "/settings/tokens" in str(error.value)
+    assert hub.repository(REPO) is None
+
+
+def test_a_read_only_token_is_refused_before_anything_is_created(hub, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", READ_TOKEN)
+    with pytest.raises(HubError, match=r"token in HF_TOKEN \(user 'alice'\) is read-only: create a token with write"):
+        check_can_push(REPO)
+    assert hub.repository(REPO) is None
+
+
+def test_a_namespace_without_the_right_to_write_is_refused_whether_the_repo_exists_or_not(hub):
+    """A new repo in someone else's namespace (the Hub refuses to create it) and an existing public repo of
+    someone else (the Hub's write check) are refused at once, saying whose token it is and where it may push."""
+    check_can_push(REPO)  # alice's repo, public
+    for token, repo_id, user in ((TOKEN, "bob/ddpm-tiny", "alice"), (BOB_TOKEN, REPO, "bob")):
+        expected = rf"User '{user}' may not write to {repo_id} on http.*\(403 Forbidden: .*\): push to a namespace you"
+        with pytest.raises(HubError, match=expected + rf" can write to \(such as {user}/ddpm-tiny\)"):
+            check_can_push(repo_id, token=token)
+    assert hub.repository("bob/ddpm-tiny") is None
+
+
+def test_check_can_push_creates_the_repo_and_returns_its_full_id(hub):
+    assert check_can_push("ddpm-tiny", private=True) == REPO
+    assert hub.repository(REPO).settings["private"] is True
+    assert check_can_push(REPO) == REPO  # an existing repo of one's own
+
+
+def test_a_push_the_hub_refuses_is_one_line_with_the_status_the_repo_and_what_it_said(hub, run_dir, capsys):
+    hub.refusals["commit"] = ServerRefusal(413, "The commit exceeds this Hub's storage quota.")
+    assert cli.main(["push", str(run_dir), "--repo-id", REPO]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("Pushing 6 files (")  # said before the upload
+    assert err == (
+        f"ddpm-hf push: error: Uploading to {REPO} failed: the Hub at {hub.url} answered 413 Request Entity Too "
+        f"Large: The commit exceeds this Hub's storage quota. Nothing was lost: {run_dir} is unchanged.\n"
+    )
+
+
+def test_a_pull_request_against_a_branch_that_does_not_exist_says_how_to_create_it(hub, run_dir):
+    push_to_hub(run_dir, REPO)
+    with pytest.raises(HubError, match=r"has no branch or pull request 'experiment': create_pr \(--create-pr\) needs"):
+        push_to_hub(run_dir, REPO, revision="experiment", create_pr=True)
+
+
+def test_a_repo_whose_unet_is_a_nested_pipeline_is_refused(hub, pipe, tmp_path):
+    """A repo whose model_index.json names a pipeline as the unet (whose own files would load unchecked) is refused
+    on download, naming the file and the component; plain diffusers' nested loading never runs."""
+    folder = tmp_path / "nested"
+    pipe.save_pretrained(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "unet": ["diffusers", "DDPMPipeline"]}))
+    api = HfApi()
+    api.create_repo("alice/nested")
+    api.upload_folder(folder_path=folder, repo_id="alice/nested")
+    with pytest.raises(ValueError, match=r'model_index.json: component .unet. is \["diffusers", "DDPMPipeline"\]'):
+        ddpm_hf.DDPMPipeline.from_pretrained("alice/nested")
+
+
+def test_a_bad_time_limit_is_refused_before_any_request(hub, run_dir, monkeypatch):
+    for value in ("0", "-1", "soon", "inf", "nan"):
+        monkeypatch.setenv("DDPM_HF_HUB_TIMEOUT", value)
+        with pytest.raises(
+            ValueError, match=rf"DDPM_HF_HUB_TIMEOUT must be a positive number of seconds, got '{value}'"
+        ):
+            push_to_hub(run_dir, REPO)
+        with pytest.raises(ValueError, match="DDPM_HF_HUB_TIMEOUT"):
+            ddpm_hf.DDPMPipeline.from_pretrained(REPO)
+    assert hub.requests == []

@@ -154,6 +154,20 @@ def pickle_folder(saved, tiny_unet) -> Path:
     return saved
 
 
+@pytest.fixture
+def nested_folder(saved, tiny_unet) -> Path:
+    """`saved` with a whole pipeline as its "unet" component: model_index.json says ["diffusers", "DDPMPipeline"], and
+    unet/ holds that pipeline with pickle weights (unet/unet/diffusion_pytorch_model.bin), beside the config and
+    safetensors weights a check of the UNet's folder looks for. Loading it would load the nested pickle."""
+    inner = diffusers.DDPMPipeline(tiny_unet, diffusers.DDPMScheduler(num_train_timesteps=T))
+    inner.save_pretrained(saved / "unet", safe_serialization=False)
+    assert (saved / "unet" / "unet" / "diffusion_pytorch_model.bin").is_file()
+    assert (saved / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    index = json.loads((saved / "model_index.json").read_text())
+    (saved / "model_index.json").write_text(json.dumps({**index, "unet": ["diffusers", "DDPMPipeline"]}))
+    return saved
+
+
 # -------------------------------------------------------------------------------------------------------------
 # 1. save_pretrained: diffusers' standard layout, safetensors only, diffusers' class names
 # -------------------------------------------------------------------------------------------------------------
@@ -288,7 +302,9 @@ def test_pipeline_saved_by_plain_diffusers_loads_with_a_ddpm_hf_scheduler_and_gi
 ):
     """A folder saved by `diffusers.DDPMPipeline` loads into ddpm_hf with the same weights, its scheduler as a
     `ddpm_hf.DDPMScheduler` of the same configuration, and samples the same images for the same seed."""
-    original = quiet(diffusers.DDPMPipeline(tiny_unet, diffusers.DDPMScheduler(**DIFFUSERS_SCHEDULER_CONFIG)))
+    # In eval mode, as from_pretrained leaves a network and as ddpm_hf samples: torch's CPU attention kernels for
+    # training mode round differently (by ~1e-6), even without dropout.
+    original = quiet(diffusers.DDPMPipeline(tiny_unet.eval(), diffusers.DDPMScheduler(**DIFFUSERS_SCHEDULER_CONFIG)))
     original.save_pretrained(tmp_path / "diffusers")
 
     pipe = quiet(ddpm_hf.DDPMPipeline.from_pretrained(tmp_path / "diffusers"))
@@ -370,11 +386,54 @@ SAFETENSORS_FILE = re.escape(str(Path("unet") / "diffusion_pytorch_model.safeten
 
 class TestUnsafeAndBrokenFolders:
     def test_pickle_only_weights_are_refused_naming_the_file(self, pickle_folder):
-        """A folder whose only UNet weights are a pickle is a ValueError naming the .bin file, and stays as is."""
+        """A folder whose only UNet weights are a pickle is a ValueError naming the .bin file and how to allow it in
+        Python and on the command line, and stays as is."""
         before = hashes_of(pickle_folder)
-        with pytest.raises(ValueError, match=BIN_FILE):
+        with pytest.raises(ValueError, match=BIN_FILE + r".*pass allow_pickle=True \(--allow-pickle on the command"):
             ddpm_hf.DDPMPipeline.from_pretrained(pickle_folder)
         assert hashes_of(pickle_folder) == before
+
+    def test_a_nested_pipeline_as_a_component_is_refused_naming_model_index_and_the_component(self, nested_folder):
+        """A component that is itself a pipeline would load its own files, pickles included, past the safetensors
+        rule: it is refused before anything is loaded, and the folder stays as is."""
+        before = hashes_of(nested_folder)
+        index = re.escape(str(nested_folder / "model_index.json"))
+        message = index + r': component .unet. is \["diffusers", "DDPMPipeline"\]; a DDPM pipeline.s unet must be'
+        with pytest.raises(ValueError, match=message):
+            ddpm_hf.DDPMPipeline.from_pretrained(nested_folder)
+        with pytest.raises(ValueError, match=message):
+            ddpm_hf.DDPMPipeline.from_pretrained(nested_folder, allow_pickle=True)  # allowing pickles is not this
+        assert hashes_of(nested_folder) == before
+
+    @pytest.mark.parametrize(
+        ("change", "message"),
+        [
+            ({"scheduler": ["diffusers", "UNet2DModel"]}, r"component .scheduler. is \[.*a diffusers scheduler class"),
+            ({"scheduler": ["transformers", "DDPMScheduler"]}, "component .scheduler. is"),
+            ({"scheduler": ["diffusers", "NoSuchScheduler"]}, "component .scheduler. is"),
+            ({"unet": ["ddpm_hf.unet", "UNet2DModel"]}, r'is .*must be \["diffusers", "UNet2DModel"\]'),
+            ({"unet": "UNet2DModel"}, "component .unet. is"),
+            ({"scheduler": None}, "component .scheduler. is missing"),
+            ({"vae": ["diffusers", "AutoencoderKL"]}, "'vae' is not a component of a DDPM pipeline"),
+            ({"_class_name": ["pipeline", "MyPipeline"]}, "names custom code, which is never loaded"),
+        ],
+        ids=["unet-as-scheduler", "other-library", "unknown-class", "other-unet-library", "not-a-pair", "missing",
+             "extra-component", "custom-code"],
+    )  # fmt: skip
+    def test_model_index_may_name_only_a_unet2dmodel_and_a_diffusers_scheduler(self, saved, change, message):
+        index = json.loads((saved / "model_index.json").read_text())
+        index = {key: value for key, value in {**index, **change}.items() if value is not None}
+        (saved / "model_index.json").write_text(json.dumps(index))
+        with pytest.raises(ValueError, match=re.escape(str(saved / "model_index.json")) + ": .*" + message):
+            ddpm_hf.DDPMPipeline.from_pretrained(saved)
+
+    def test_any_diffusers_scheduler_class_is_accepted(self, saved, pipe):
+        """A DDIMScheduler (or any other diffusers scheduler) in model_index.json loads, converted to DDPM's."""
+        index = json.loads((saved / "model_index.json").read_text())
+        (saved / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers", "DDIMScheduler"]}))
+        loaded = ddpm_hf.DDPMPipeline.from_pretrained(saved)
+        assert isinstance(loaded.scheduler, ddpm_hf.DDPMScheduler)
+        assert loaded.scheduler.config.num_train_timesteps == pipe.scheduler.config.num_train_timesteps
 
     def test_pickle_only_weights_load_with_allow_pickle(self, pickle_folder, tiny_unet):
         """With allow_pickle=True the pickle weights load."""

@@ -1,16 +1,36 @@
-"""Specification of `ddpm_hf.sampling`: the same N images whatever the batch size or number of processes."""
+"""Specification of `ddpm_hf.sampling`: the same N images whatever the batch size or number of processes, and a
+samples folder that only ever holds the images of one pipeline drawn with one set of settings."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import subprocess
 
+import diffusers
 import numpy as np
+import PIL.Image
 import pytest
+import torch
+from bad_input import tree_digest
 from processes import accelerate_launch
 
-from ddpm_hf import DDPMPipeline, DDPMScheduler
-from ddpm_hf.sampling import generate_samples, load_samples, samples_to_npz
+from ddpm_hf import DDPMPipeline, DDPMScheduler, create_unet
+from ddpm_hf.acceleration import Speedups
+from ddpm_hf.evaluate import build_parser as evaluate_parser
+from ddpm_hf.figures import build_parser as figures_parser
+from ddpm_hf.sampling import (
+    MANIFEST_NAME,
+    build_parser,
+    draw_samples,
+    generate_samples,
+    load_pipeline,
+    load_samples,
+    samples_manifest,
+    samples_to_npz,
+    weights_sha256,
+)
 
 
 @pytest.fixture
@@ -44,7 +64,7 @@ def test_an_interrupted_run_resumes_without_redrawing(pipeline, tmp_path):
 def test_processes_split_the_indices_between_them(pipeline, tmp_path):
     mine = generate_samples(pipeline, 5, tmp_path, seed=7, num_inference_steps=10, process_index=1,
                             num_processes=2, show_progress=False)  # fmt: skip
-    assert mine == [1, 3] and sorted(p.name for p in tmp_path.iterdir()) == ["000001.png", "000003.png"]
+    assert mine == [1, 3] and sorted(p.name for p in tmp_path.iterdir()) == ["000001.png", "000003.png", MANIFEST_NAME]
 
 
 def test_npz_packing_and_missing_samples(pipeline, tmp_path):
@@ -53,6 +73,175 @@ def test_npz_packing_and_missing_samples(pipeline, tmp_path):
     assert packed.shape == (2, 16, 16, 3) and packed.dtype == np.uint8
     with pytest.raises(FileNotFoundError, match="000002.png"):
         load_samples(tmp_path / "s", 3)
+
+
+def test_the_npz_path_is_the_file_written_and_a_folder_is_refused(pipeline, tmp_path):
+    """numpy adds `.npz` to a name without it: the path returned (and printed by the command) is the real one."""
+    draw(pipeline, tmp_path / "s", 2)
+    assert samples_to_npz(tmp_path / "s", 2, tmp_path / "packed") == tmp_path / "packed.npz"
+    assert np.load(tmp_path / "packed.npz")["arr_0"].shape == (2, 16, 16, 3)
+    with pytest.raises(ValueError, match="is a folder: give a file name"):
+        samples_to_npz(tmp_path / "s", 2, tmp_path)
+    assert not (tmp_path.parent / f"{tmp_path.name}.npz").exists()
+
+
+# ---- The samples folder records what drew it ------------------------------------------------------------------------
+
+
+def test_the_manifest_records_what_determines_the_pixels(pipeline, tmp_path):
+    draw(pipeline, tmp_path, 2)
+    manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    assert manifest == samples_manifest(pipeline, seed=7, num_inference_steps=10, respace=False)
+    assert manifest["unet_sha256"] == weights_sha256(pipeline.unet) and len(manifest["unet_sha256"]) == 64
+    scheduler = manifest["scheduler"]
+    assert scheduler["variance_type"] == "fixed_small" and scheduler["num_train_timesteps"] == 10
+    assert (manifest["seed"], manifest["num_inference_steps"], manifest["respace"]) == (7, 10, False)
+    assert manifest["image_shape"] == [3, 16, 16] and manifest["bf16"] is False and manifest["unet_dtype"] == "float32"
+
+
+def test_the_weights_hash_ignores_the_memory_layout_but_not_a_single_weight(pipeline):
+    before = weights_sha256(pipeline.unet)
+    pipeline.unet.to(memory_format=torch.channels_last)  # what the channels-last speed-up does
+    assert weights_sha256(pipeline.unet) == before
+    with torch.no_grad():
+        next(pipeline.unet.parameters())[0, 0, 0, 0] += 1e-3  # the first convolution's first weight
+    assert weights_sha256(pipeline.unet) != before
+
+
+def test_a_folder_drawn_by_another_pipeline_is_refused_before_anything_is_drawn(pipeline, tmp_path):
+    """The bug this guards against: evaluating pipeline B where pipeline A's samples lie reported A's FID."""
+    draw(pipeline, tmp_path, 2)
+    before = tree_digest(tmp_path)
+    torch.manual_seed(1)
+    other = DDPMPipeline(create_unet("ddpm-tiny"), DDPMScheduler(num_train_timesteps=10))
+    refusal = r"holds samples drawn with other settings \(unet_sha256 '[0-9a-f]{12}…' there"
+    with pytest.raises(ValueError, match=refusal):
+        generate_samples(other, 4, tmp_path, seed=7, num_inference_steps=10, show_progress=False)
+    assert tree_digest(tmp_path) == before
+
+
+def _variance(pipeline):
+    pipeline.scheduler = DDPMScheduler.from_config(pipeline.scheduler.config, variance_type="fixed_large")
+
+
+@pytest.mark.parametrize(
+    "change, draw_options, field",
+    [
+        (None, {"seed": 8}, "seed 7 there, 8 now"),
+        (None, {"num_inference_steps": 5}, "num_inference_steps 10 there, 5 now"),
+        (None, {"respace": True}, "respace False there, True now"),
+        (_variance, {}, "scheduler.variance_type 'fixed_small' there, 'fixed_large' now"),
+        (lambda pipeline: pipeline.enable_speedups(Speedups(bf16=True)), {}, "bf16 False there, True now"),
+        (lambda pipeline: pipeline.unet.to(torch.float64), {}, "unet_dtype 'float32' there, 'float64' now"),
+    ],
+    ids=["seed", "steps", "respace", "variance", "bf16", "dtype"],
+)
+def test_every_setting_that_changes_the_pixels_must_match_to_resume(pipeline, tmp_path, change, draw_options, field):
+    draw(pipeline, tmp_path, 2)
+    before = tree_digest(tmp_path)
+    if change is not None:
+        change(pipeline)
+    options = {"seed": 7, "num_inference_steps": 10, **draw_options}
+    with pytest.raises(ValueError, match=f"{tmp_path} holds samples drawn with other settings .*{field}") as refused:
+        generate_samples(pipeline, 3, tmp_path, show_progress=False, **options)
+    assert "another --output-dir" in str(refused.value) and f"delete {tmp_path}" in str(refused.value)
+    assert tree_digest(tmp_path) == before
+
+
+def test_the_settings_that_change_nothing_may_differ(pipeline, tmp_path):
+    """The batch size, the number of processes and the rounding-only speed-ups do not change the images."""
+    draw(pipeline, tmp_path, 2, batch_size=1)
+    pipeline.enable_speedups(Speedups(channels_last=True))
+    assert generate_samples(pipeline, 3, tmp_path, seed=7, num_inference_steps=10, batch_size=5,
+                            show_progress=False) == [2]  # fmt: skip
+
+
+def test_samples_without_a_manifest_are_refused(pipeline, tmp_path):
+    """A folder of samples from an older ddpm-hf (or copied in) cannot be told apart from another model's: refused,
+    never adopted."""
+    draw(pipeline, tmp_path, 2)
+    (tmp_path / MANIFEST_NAME).unlink()
+    before = tree_digest(tmp_path)
+    with pytest.raises(ValueError, match=r"holds 2 sample image\(s\) \(000000.png, …\) but no manifest.json"):
+        draw(pipeline, tmp_path, 3)
+    assert tree_digest(tmp_path) == before
+
+
+def test_an_unreadable_manifest_is_refused_naming_it(pipeline, tmp_path):
+    draw(pipeline, tmp_path, 1)
+    (tmp_path / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(ValueError, match=f"manifest {tmp_path / MANIFEST_NAME} cannot be read"):
+        draw(pipeline, tmp_path, 2)
+
+
+@pytest.mark.parametrize(
+    "impostor, found",
+    [
+        (PIL.Image.new("RGB", (8, 8)), "8×8 RGB"),
+        (PIL.Image.new("L", (16, 16)), "16×16 L"),
+        (PIL.Image.new("RGBA", (16, 16)), "16×16 RGBA"),
+    ],
+    ids=["size", "greyscale", "alpha"],
+)
+def test_a_sample_of_the_wrong_size_or_channels_is_refused_naming_the_file(pipeline, tmp_path, impostor, found):
+    draw(pipeline, tmp_path, 3)
+    impostor.save(tmp_path / "000001.png")
+    before = tree_digest(tmp_path)
+    message = f"Sample {tmp_path / '000001.png'} is a {found} image, but the pipeline draws 16×16 RGB images"
+    with pytest.raises(ValueError, match=message):
+        draw(pipeline, tmp_path, 4)
+    with pytest.raises(ValueError, match=message):
+        load_samples(tmp_path, 3, shape=(3, 16, 16))
+    with pytest.raises(ValueError, match="000001.png"):
+        load_samples(tmp_path, 3)  # the first image sets the shape the others must have
+    assert tree_digest(tmp_path) == before
+
+
+def test_a_truncated_sample_is_refused_naming_the_file(pipeline, tmp_path):
+    draw(pipeline, tmp_path, 2)
+    whole = (tmp_path / "000001.png").read_bytes()
+    (tmp_path / "000001.png").write_bytes(whole[:40])
+    with pytest.raises(ValueError, match=f"Sample {tmp_path / '000001.png'} cannot be read"):
+        load_samples(tmp_path, 2)
+
+
+@pytest.mark.parametrize("steps", [0, -1, 11, 2.5, True])
+def test_the_number_of_steps_must_lie_between_1_and_T(pipeline, tmp_path, steps):
+    """0 no longer means T: only None (the default) does."""
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        generate_samples(pipeline, 2, tmp_path / "s", num_inference_steps=steps, show_progress=False)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        next(draw_samples(pipeline, [0], num_inference_steps=steps))
+    assert not (tmp_path / "s").exists()
+
+
+# ---- Loading pipelines ----------------------------------------------------------------------------------------------
+
+
+def test_a_pipeline_saved_by_plain_diffusers_loads(tiny_unet, tmp_path):
+    """The scheduler config is checked before loading, and accepts what diffusers writes (here steps_offset = 1)."""
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=10, steps_offset=1, variance_type="fixed_large")
+    diffusers.DDPMPipeline(tiny_unet, scheduler).save_pretrained(tmp_path)
+    loaded = load_pipeline(tmp_path, "cpu", variance_type="fixed_small")
+    assert loaded.scheduler.config.steps_offset == 1 and loaded.scheduler.config.variance_type == "fixed_small"
+
+
+def test_pickle_weights_load_only_when_allowed(pipeline, tmp_path):
+    pipeline.save_pretrained(tmp_path)
+    (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    pipeline.unet.save_pretrained(tmp_path / "unet", safe_serialization=False)
+    with pytest.raises(ValueError, match="pickle"):
+        load_pipeline(tmp_path, "cpu")
+    assert weights_sha256(load_pipeline(tmp_path, "cpu", allow_pickle=True).unet) == weights_sha256(pipeline.unet)
+
+
+@pytest.mark.parametrize("parser", [build_parser, evaluate_parser, figures_parser], ids=["sample", "eval", "figures"])
+def test_every_option_is_described_and_its_default_said_once(parser):
+    for action in parser("ddpm-hf")._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help and len(action.help) > 10, action.dest
+        assert action.help.count("default") <= 1, action.help
 
 
 def test_one_and_two_processes_draw_the_same_images(pipeline, tmp_path):

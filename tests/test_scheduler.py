@@ -389,11 +389,31 @@ class TestBadConfiguration:
             ({"clip_sample_range": 0.0}, "clip_sample_range"),
             ({"dynamic_thresholding_ratio": 1.5}, "dynamic_thresholding_ratio"),
             ({"steps_offset": -1}, "steps_offset"),
+            # what a hand-edited scheduler_config.json may hold: diffusers fails deep in torch, or samples past T
+            ({"num_train_timesteps": -5}, "num_train_timesteps"),
+            ({"num_train_timesteps": "10"}, "num_train_timesteps"),
+            ({"num_train_timesteps": 10.0}, "num_train_timesteps"),
+            ({"num_train_timesteps": True}, "num_train_timesteps"),
+            ({"num_train_timesteps": 10, "steps_offset": 10}, "steps_offset"),
+            ({"steps_offset": 1.0}, "steps_offset"),
+            ({"beta_schedule": 3}, "beta_schedule"),
+            ({"beta_start": "0.0001"}, "beta_start"),
+            ({"beta_end": float("nan")}, "beta_end"),
+            ({"clip_sample": "yes"}, "clip_sample"),
+            ({"trained_betas": ["a", "b"], "num_train_timesteps": 2}, "trained_betas"),
         ],
     )
     def test_construction_fails_naming_the_field(self, config, field):
-        with pytest.raises(ValueError, match=field):
+        """Every bad value is a one-line ValueError naming its field, raised before any table is built."""
+        with pytest.raises(ValueError, match=field) as refused:
             DDPMScheduler(**config)
+        assert "\n" not in str(refused.value)
+
+    def test_every_config_diffusers_writes_is_accepted(self, tmp_path):
+        """The checks refuse nothing diffusers produces: its defaults, every schedule, and a steps_offset below T."""
+        for schedule in ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"):
+            diffusers.DDPMScheduler(beta_schedule=schedule, steps_offset=1).save_pretrained(tmp_path / schedule)
+            assert DDPMScheduler.from_pretrained(tmp_path / schedule).config.beta_schedule == schedule
 
     @pytest.mark.parametrize(
         "kwargs, field",

@@ -320,3 +320,98 @@ def test_fid_during_training_is_logged_and_the_best_ema_pipeline_kept(tmp_path):
     summary = json.loads((output / "training_summary.json").read_text())
     assert summary["best_fid"] == best and summary["final_loss"] > 0  # the loss curve ignores the FID rows
     assert (output / "loss_curve.png").is_file()
+
+
+def test_a_full_disk_stops_the_run_naming_the_checkpoint_and_keeps_the_previous_one(tmp_path):
+    """A disk that fills up (simulated by a file-size limit, which makes larger writes fail as a full disk does) stops
+    the run with one line naming the checkpoint that could not be written and the intact previous one, which a
+    later `--resume latest` continues from."""
+    import resource
+
+    output = tmp_path / "out"
+    common = [*TINY, "--max-train-steps", "2", "--checkpointing-steps", "2", "--output-dir", str(output)]
+    assert run(train_command(*common)).returncode == 0
+    previous = output / "checkpoints" / "checkpoint-0000002"
+    files = {p.name: p.read_bytes() for p in previous.iterdir()}
+
+    def small_files_only() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))  # below model.safetensors
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full = subprocess.run(train_command(*common[:-4], "--max-train-steps", "4", "--output-dir", str(output), "--resume",
+                                        "latest"), capture_output=True, text=True, env=env, timeout=300,
+                          preexec_fn=small_files_only)  # fmt: skip
+    assert full.returncode == 1 and "Traceback" not in full.stderr
+    error = [line for line in full.stderr.splitlines() if "error" in line]
+    assert len(error) == 1 and "Could not write the checkpoint" in error[0] and "checkpoint-0000004" in error[0]
+    assert "the previous checkpoint checkpoint-0000002 is intact" in error[0]
+    assert {p.name: p.read_bytes() for p in previous.iterdir()} == files
+    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["checkpoint-0000002"]
+
+
+def test_metrics_are_strict_json_even_for_non_finite_values():
+    """fp16 steps that overflow have an infinite gradient norm: metrics.jsonl writes it as null, not Infinity."""
+    from ddpm_hf.train import _json_line
+
+    line = _json_line({"step": 3, "loss": 0.5, "grad_norm": float("inf"), "lr": float("nan")})
+    assert json.loads(line) == {"step": 3, "loss": 0.5, "grad_norm": None, "lr": None}
+    assert "Infinity" not in line and "NaN" not in line
+
+
+def test_expensive_grids_are_announced_and_labelled(tmp_path):
+    """A short run whose sample grid costs more than its training says so, with the options that make it cheap, and
+    the grid's progress bar says what it is."""
+    result = run(train_command(*TINY, "--max-train-steps", "2", "--num-sample-images", "16", "--sample-inference-steps",
+                               "100", "--output-dir", str(tmp_path / "out")))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Note: the 1 sample grid(s) of 16 images × 100 steps will take longer than the training itself" in (
+        result.stderr
+    )
+    assert "--num-sample-images 4 --sample-inference-steps 50" in result.stderr
+    assert "Sample grid at step 2" in result.stderr
+
+
+def test_the_help_says_which_preset_applies_and_shows_its_defaults():
+    from ddpm_hf.training_config import TRAINING_PRESETS, build_parser
+
+    text = build_parser().format_help()
+    assert "else quickstart" in text and "The defaults shown below are quickstart's" in text
+    for preset in TRAINING_PRESETS:
+        assert preset in text
+    assert "--max-train-steps INT\n" in text and "(default: 1200)" in text and "(default: 800000)" not in text
+    assert "(default: outputs/quickstart)" in text
+    assert "(default: quickstart)" in text and "(default: 16)" in text  # --preset, --resolution
+    for option in build_parser()._actions:
+        assert option.help, f"{option.option_strings} has no description"
+        if option.dest not in ("help", "config"):
+            assert option.help.count("default") == 1, f"{option.option_strings}: {option.help}"
+
+
+def test_every_process_of_a_launch_stops_when_the_folder_is_refused(tmp_path):
+    """Only the main process checks the folder; the others are told, so a refused launch ends instead of hanging."""
+    output = tmp_path / "out"
+    common = [*TINY, "--max-train-steps", "1", "--output-dir", str(output)]
+    assert run(train_command(*common)).returncode == 0
+    before = {p: p.read_bytes() for p in output.rglob("*") if p.is_file()}
+    refused = run(accelerate_command(2, *common, "--learning-rate", "1e-4"), timeout=180)
+    assert refused.returncode != 0 and "already holds a training run" in refused.stderr
+    assert {p: p.read_bytes() for p in output.rglob("*") if p.is_file()} == before
+
+
+def test_a_push_that_fails_after_training_says_the_result_is_saved_and_how_to_push_it(quickstart_run, monkeypatch):
+    """The push at the end of `--push-to-hub` fails (here: offline): the error says that training is complete,
+    where its result is, and the `ddpm-hf push` command that uploads it later."""
+    from ddpm_hf.train import PushAfterTrainingError, _push_result
+    from ddpm_hf.training_config import TrainingConfig
+
+    monkeypatch.setenv("HF_TOKEN", "hf_never_printed")
+    config = TrainingConfig(push_to_hub=True, hub_repo_id="someone/shapes", output_dir=str(quickstart_run))
+    before = {p: p.read_bytes() for p in quickstart_run.rglob("*") if p.is_file()}
+    with pytest.raises(PushAfterTrainingError) as error:
+        _push_result(quickstart_run, config)
+    message = str(error.value)
+    assert "\n" not in message and "hf_never_printed" not in message
+    assert f"Training is complete and saved in {quickstart_run}" in message
+    assert f"ddpm-hf push {quickstart_run} --repo-id someone/shapes" in message
+    assert {p: p.read_bytes() for p in quickstart_run.rglob("*") if p.is_file()} == before
