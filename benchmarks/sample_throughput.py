@@ -1,5 +1,5 @@
-"""Sampling throughput: image-steps per second of ancestral sampling, ddpm_hf.DDPMPipeline against
-diffusers.DDPMPipeline with the same UNet and the same scheduler configuration, measured in one run.
+"""Sampling throughput: image-steps per second of ancestral sampling (or of `--scheduler NAME`), ddpm_hf.DDPMPipeline
+against diffusers.DDPMPipeline with the same UNet and the same scheduler configuration, measured in one run.
 
     python benchmarks/sample_throughput.py                                     # CPU: ddpm-tiny, small batch
     python benchmarks/sample_throughput.py --preset ddpm-cifar10 --batch-size 512 --steps 100 --max-batch   # GPU
@@ -33,6 +33,7 @@ from common import record_header, synchronize, write_record
 
 import ddpm_hf
 from ddpm_hf.acceleration import add_speedup_arguments, speedups_from_arguments
+from ddpm_hf.samplers import SCHEDULER_NAMES, network_evaluations, scheduler_from_name, scheduler_name, step_arguments
 
 
 def time_call(pipeline, batch_size: int, steps: int, device: torch.device, repeats: int) -> float:
@@ -87,6 +88,12 @@ def main() -> int:
     parser.add_argument("--pipeline", default=None, help="a trained pipeline folder instead of a random preset")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20, help="reverse steps per timed call")
+    parser.add_argument(
+        "--scheduler",
+        type=scheduler_name,
+        default="ddpm",
+        help=f"the sampler, by ddpm_hf.samplers name ({', '.join(SCHEDULER_NAMES)}) or diffusers class (default: ddpm)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="the UNet's weights (all pipelines)")
@@ -105,15 +112,23 @@ def main() -> int:
     else:
         torch.manual_seed(0)
         unet, scheduler = ddpm_hf.create_unet(arguments.preset), ddpm_hf.DDPMScheduler()
+    scheduler = scheduler_from_name(arguments.scheduler, scheduler.config)
+    # diffusers.DDPMPipeline gets the same diffusers class (it skips scale_model_input: timing only, for Euler & co.);
+    # it passes a generator to every step, so it cannot run the schedulers whose step takes none (Heun, UniPC, PNDM).
+    theirs = diffusers.DDPMScheduler if type(scheduler) is ddpm_hf.DDPMScheduler else type(scheduler)
+    with_diffusers = "generator" in step_arguments(scheduler, None, None)
+    nfe = network_evaluations(scheduler, arguments.steps)
     unet = unet.to(device).eval()
     if dtype != torch.float32:
         unet = unet.to(dtype=dtype)
     fast = ddpm_hf.DDPMPipeline(unet=unet, scheduler=scheduler).enable_speedups(speedups)
     pipelines = {
-        "diffusers": diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler.from_config(scheduler.config)),
+        "diffusers": diffusers.DDPMPipeline(unet=unet, scheduler=theirs.from_config(scheduler.config)),
         "ddpm_hf": ddpm_hf.DDPMPipeline(unet=unet, scheduler=scheduler),
         "ddpm_hf+speedups": fast,
     }
+    if not with_diffusers:
+        del pipelines["diffusers"]
     results = {}
     for name, pipeline in pipelines.items():
         pipeline.set_progress_bar_config(disable=True)
@@ -121,10 +136,12 @@ def main() -> int:
         results[name] = {
             "seconds": seconds,
             "image_steps_per_second": arguments.batch_size * arguments.steps / seconds,
+            "network_evaluations_per_second": arguments.batch_size * nfe / seconds,  # Heun: 2 per step
             "peak_memory_bytes": peak_memory(pipeline, arguments.batch_size, arguments.steps, device),
             "largest_batch": largest_batch(pipeline, device, arguments.batch_size) if arguments.max_batch else None,
         }
-    baseline = results["diffusers"]["image_steps_per_second"]
+    baseline_name = "diffusers" if with_diffusers else "ddpm_hf"
+    baseline = results[baseline_name]["image_steps_per_second"]
     ratios = {name: result["image_steps_per_second"] / baseline for name, result in results.items()}
 
     deviation_steps = arguments.deviation_steps or scheduler.config.num_train_timesteps
@@ -143,14 +160,19 @@ def main() -> int:
         **record_header("sample_throughput", device),
         **{k: v for k, v in vars(arguments).items() if k != "output"},
         "speedups": active,
+        "scheduler_class": type(scheduler).__name__,
+        "nfe": nfe,
         "results": results,
-        "ratios_over_diffusers": ratios,
+        "ratios_over_diffusers" if with_diffusers else "ratios_over_ddpm_hf": ratios,
         "speedup_deviation_from_float32": deviation,
     }
     source = arguments.pipeline or f"{arguments.preset} (random weights)"
-    print(f"{source}, batch {arguments.batch_size}, {arguments.steps} steps, {arguments.dtype} weights, {device}")
+    print(
+        f"{source}, {type(scheduler).__name__}, batch {arguments.batch_size}, {arguments.steps} steps (NFE {nfe}), "
+        f"{arguments.dtype} weights, {device}"
+    )
     print(f"speed-ups: {', '.join(name for name, on in active.items() if on) or 'none'}")
-    print(f"{'pipeline':<17}  {'image-steps/s':>14}  {'seconds':>8}  {'peak MiB':>9}  {'× diffusers':>11}")
+    print(f"{'pipeline':<17}  {'image-steps/s':>14}  {'seconds':>8}  {'peak MiB':>9}  {'× ' + baseline_name:>11}")
     for name, result in results.items():
         memory = result["peak_memory_bytes"]
         memory = f"{memory / 2**20:9.0f}" if memory is not None else f"{'-':>9}"

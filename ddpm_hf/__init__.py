@@ -3,6 +3,7 @@
 from .acceleration import Speedups
 from .metrics import VariationalBound, bits_per_dim, frechet_distance, inception_score, variational_bound
 from .pipeline import DDPMPipeline, ProgressiveGenerationOutput
+from .samplers import SCHEDULER_NAMES, scheduler_from_name
 from .scheduler import DDPMScheduler, DDPMSchedulerOutput, ModelPrediction
 from .unet import PRESETS, create_unet, unet_config
 
@@ -14,6 +15,7 @@ __all__ = [
     "DDPMSchedulerOutput",
     "ModelPrediction",
     "PRESETS",
+    "SCHEDULER_NAMES",
     "ProgressiveGenerationOutput",
     "Speedups",
     "VariationalBound",
@@ -21,6 +23,7 @@ __all__ = [
     "create_unet",
     "frechet_distance",
     "inception_score",
+    "scheduler_from_name",
     "unet_config",
     "variational_bound",
 ]

@@ -9,8 +9,12 @@ device buffers: x_t, the noise z, and a step index i from which t and the step's
 on the GPU (`DDPMScheduler.step_coefficients`, `DDPMScheduler.noise_scales`). Per step the host only writes i and z
 into their buffers and launches the graph: no kernel-launch overhead for the UNet's hundreds of kernels, and no host
 synchronisation (diffusers' loop copies t from the host at every step). z is drawn exactly as `DDPMScheduler.step`
-draws it, from the same generators in the same order, so the images are those of the eager loop up to floating-point
-rounding.
+draws it, from the same generators in the same order.
+
+The step's arithmetic is `DDPMScheduler.step`'s own: the same methods for x̂_0, μ̃_t and σ_t, on the same float32
+coefficients (computed on the host, as the eager step computes them, then copied to the device). Given the same
+network outputs, the two give the same x_{t'} bit for bit; what can still differ is the network itself (a captured
+or compiled UNet, or, on the CPU, an input in another memory layout rounds differently).
 
 Without `capture` (on the CPU), the same buffered step runs eagerly; the tests check it against
 `DDPMScheduler.step`.
@@ -97,11 +101,13 @@ class GraphedReverseProcess:
         self.noise_scales.copy_(noise_scales)
 
     def _step(self) -> None:
-        """x ← μ̃_t(x, x̂_0(x, ε_θ(x, t))) + σ_t z for the step `self.index`, all on the device."""
+        """x ← μ_θ(x, t) + σ_t z for the step `self.index`, all on the device: `DDPMScheduler.step`'s x̂_0 and μ̃_t
+        (`reverse_mean`) and σ_t (`noise_scales`, from `reverse_variance`), on its float32 coefficients made 0-dim,
+        so that every operation is the eager step's (z = 0 at the step to x_0, which adds no noise there)."""
         t = self.timesteps.index_select(0, self.index)
         model_output = self.denoise(self.x, t)
-        mean, _ = self.scheduler.posterior_mean(self.coefficients.select(self.index), model_output, self.x)
-        sigma = self.noise_scales.index_select(0, self.index).to(self.x.dtype)
+        mean, _ = self.scheduler.reverse_mean(self.coefficients.select(self.index), model_output, self.x, clip=True)
+        sigma = self.noise_scales.index_select(0, self.index)[0]
         self.x.copy_(mean + sigma * self.noise)
 
     def _capture(self, warmup_steps: int) -> None:

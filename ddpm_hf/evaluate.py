@@ -51,6 +51,7 @@ from .inception import (
 )
 from .metrics import VariationalBound, feature_statistics, frechet_distance, inception_score, variational_bound
 from .pipeline import DDPMPipeline
+from .samplers import check_progressive_generation, check_respace, sampler_record, training_scheduler
 from .sampling import (
     INPUT_ERRORS,
     add_pipeline_arguments,
@@ -96,6 +97,8 @@ class EvaluationConfig:
     num_inference_steps: int | None = None  # default: T
     respace: bool = False
     variance_type: str | None = None  # default: the pipeline's own
+    scheduler: str | None = None  # the sampler's name (ddpm_hf.samplers); default: the pipeline's own
+    eta: float | None = None  # DDIM's η
     seed: int = 0
     batch_size: int = 256
     reference_split: str = "train"
@@ -283,6 +286,7 @@ def sample_features(
     batch_size: int = 256,
     num_inference_steps: int | None = None,
     respace: bool = False,
+    eta: float | None = None,
 ) -> np.ndarray:
     """The Inception features (N, 2048) of N samples of `pipeline`, drawn with index-tied seeds over the processes.
 
@@ -293,7 +297,7 @@ def sample_features(
     accelerator = accelerator or Accelerator()
     if samples_dir is not None:
         generate_samples(
-            pipeline, num_samples, samples_dir, seed, batch_size, num_inference_steps, respace,
+            pipeline, num_samples, samples_dir, seed, batch_size, num_inference_steps, respace, eta,
             accelerator.process_index, accelerator.num_processes, show_progress=accelerator.is_main_process,
         )  # fmt: skip
         accelerator.wait_for_everyone()
@@ -304,7 +308,7 @@ def sample_features(
     else:
 
         def load(indices: list[int]) -> torch.Tensor:
-            batches = draw_samples(pipeline, indices, seed, batch_size, num_inference_steps, respace)
+            batches = draw_samples(pipeline, indices, seed, batch_size, num_inference_steps, respace, eta)
             return torch.from_numpy(np.concatenate([images for _, images in batches])).permute(0, 3, 1, 2)
 
     return _features_of(inception, num_samples, load, accelerator, batch_size, "Inception features of the samples")
@@ -426,7 +430,8 @@ def _inception_score_report(
 def _bits_per_dim_report(
     config: EvaluationConfig, dataset: str | None, pipeline: DDPMPipeline, accelerator: Accelerator
 ) -> tuple[torch.Tensor, dict[str, Any], dict[str, Any]]:
-    """(the images of the split, metrics, report section) of the NLL bound in bits/dim."""
+    """(the images of the split, metrics, report section) of the NLL bound in bits/dim: the bound of the training
+    scheduler (DDPM's chain of T steps), whatever scheduler the samples are drawn with."""
     channels, resolution, _ = pipeline.image_shape
     images = load_training_images(
         dataset, config.bpd_split, config.image_column, resolution, channels,
@@ -434,7 +439,7 @@ def _bits_per_dim_report(
         description=f"Decoding the {config.bpd_split} split (bits/dim)",
     ).images  # fmt: skip
     bound = dataset_bits_per_dim(
-        pipeline.unet, pipeline.scheduler, images, accelerator, config.seed, config.bpd_batch_size
+        pipeline.unet, training_scheduler(pipeline.scheduler), images, accelerator, config.seed, config.bpd_batch_size
     )
     total, total_error = _mean_and_standard_error(bound.total)
     metrics = {
@@ -470,11 +475,18 @@ def evaluate(config: EvaluationConfig, accelerator: Accelerator | None = None) -
     known, dataset, weights = _check_inputs(config)
     output_dir = _output_dir(config)
     pipeline = load_pipeline(
-        config.pipeline, accelerator.device, config.variance_type, config.speedups, config.allow_pickle
-    )
+        config.pipeline, accelerator.device, config.variance_type, config.speedups, config.allow_pickle,
+        config.scheduler, config.eta,
+    )  # fmt: skip
     channels, resolution, _ = pipeline.image_shape
     check_channels(channels)  # every metric reads images: Inception and the data take greyscale or RGB only
     steps = inference_steps(pipeline, config.num_inference_steps)
+    check_respace(pipeline.scheduler, config.respace)
+    if config.figures:
+        try:
+            check_progressive_generation(pipeline.scheduler)
+        except ValueError as error:
+            raise ValueError(f"{str(error).removesuffix('.')}; or skip the figures (--no-figures).") from None
     started = time.time()
     report: dict[str, Any] = {
         "pipeline": str(config.pipeline),
@@ -489,16 +501,16 @@ def evaluate(config: EvaluationConfig, accelerator: Accelerator | None = None) -
         samples_dir = output_dir / "samples"
         report["sampling"] = {
             "num_samples": config.num_samples,
-            "num_inference_steps": steps,
+            **sampler_record(pipeline.scheduler, steps, config.eta),  # the scheduler, steps, η and NFE
             "respace": config.respace,
-            "variance_type": pipeline.scheduler.config.variance_type,
+            "variance_type": pipeline.scheduler.config.get("variance_type"),  # DDPM's σ_t² (None for others)
             "speedups": pipeline.active_speedups().describe(),
             "seed": config.seed,
             "samples_dir": str(samples_dir),
         }
         features = sample_features(
             pipeline, inception, config.num_samples, accelerator, samples_dir, config.seed, config.batch_size,
-            steps, config.respace,
+            steps, config.respace, config.eta,
         )  # fmt: skip
         extractor = {"file": str(weights), "sha256": INCEPTION_SHA256}
         if "fid" in wants:
@@ -532,7 +544,7 @@ def evaluate(config: EvaluationConfig, accelerator: Accelerator | None = None) -
                 dataset, config.bpd_split, config.image_column, resolution, channels, show_progress=False, num_images=2
             ).images
         originals = None if dataset_images is None else to_model_input(dataset_images[:2].to(accelerator.device))
-        paths = write_figures(pipeline, output_dir / "figures", originals, config.seed, 64, steps)
+        paths = write_figures(pipeline, output_dir / "figures", originals, config.seed, 64, steps, eta=config.eta)
         report["figures"] = {name: str(path) for name, path in paths.items()}
     report["wall_time_seconds"] = time.time() - started
     if is_main:
@@ -540,6 +552,13 @@ def evaluate(config: EvaluationConfig, accelerator: Accelerator | None = None) -
         (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     accelerator.wait_for_everyone()
     return report
+
+
+def describe_sampler(sampling: dict[str, Any]) -> str:
+    """A report's sampler in words: "DDIMScheduler, 50 steps (NFE 50), η = 0.0"."""
+    eta = "" if sampling.get("eta") is None else f", η = {sampling['eta']}"
+    respaced = ", respaced" if sampling.get("respace") else ""
+    return f"{sampling['scheduler']}, {sampling['num_inference_steps']} steps{respaced} (NFE {sampling['nfe']}){eta}"
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -552,6 +571,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"{reference['num_images']:,} images)",
             f"{metrics['fid']:.3f}",
         ))  # fmt: skip
+    if "sampling" in report and "nfe" in report["sampling"]:
+        rows.append(("  sampler", describe_sampler(report["sampling"])))
     if "inception_score" in metrics:
         rows.append(("Inception Score", f"{metrics['inception_score']:.3f} ± {metrics['inception_score_std']:.3f}"))
     elif "inception_score_unavailable" in report:

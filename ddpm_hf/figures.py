@@ -10,6 +10,8 @@
   of λ, the two originals at the ends.
 
 Figures 7 and 8 start from dataset images when a dataset is given, else from the pipeline's own samples.
+`--scheduler NAME` (and `--eta` for DDIM) draws the grid and Fig. 6 with another sampler; Fig. 7 and 8 always run
+DDPM's chain, the training scheduler's.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from .acceleration import speedups_from_arguments
 from .pipeline import DDPMPipeline
 from .plots import save_image_grid
+from .samplers import check_eta, check_progressive_generation, training_scheduler
 from .sampling import (
     INPUT_ERRORS,
     add_pipeline_arguments,
@@ -67,6 +70,7 @@ def write_figures(
     num_samples: int = 64,
     num_inference_steps: int | None = None,
     show_progress: bool = True,
+    eta: float | None = None,
 ) -> dict[str, Path]:
     """Write the four figures to `output_dir`; return their paths by name.
 
@@ -77,18 +81,26 @@ def write_figures(
         num_samples: images in the sample grid (and rows of Fig. 6: the first 8).
         num_inference_steps: steps of the sample grid and of Fig. 6 (default T); Fig. 7 and 8 use the full chain.
         show_progress: a progress bar per reverse chain, labelled with its figure.
+        eta: DDIM's η for the sample grid and Fig. 6.
+
+    The sample grid and Fig. 6 are drawn with the pipeline's scheduler; Fig. 7 and 8 with DDPM's full chain (the
+    training scheduler), whatever the pipeline samples with: they diffuse an image with q(x_t | x_0) and run the
+    chain back from that x_t.
 
     Raises:
-        ValueError: fewer than two images for Fig. 7 and 8, or bad steps; before anything is drawn or written.
+        ValueError: fewer than two images for Fig. 7 and 8, bad steps or η, or a scheduler that does not return
+            x̂_0 (Fig. 6); before anything is drawn or written.
     """
     if (num_samples if images is None else len(images)) < 2:
         source = "num_samples" if images is None else "the dataset"
         raise ValueError(f"Figures 7 and 8 need at least two images; {source} gives fewer.")
     steps = inference_steps(pipeline, num_inference_steps)
+    check_progressive_generation(pipeline.scheduler)
+    check_eta(pipeline.scheduler, eta)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     with _progress_labels(pipeline, show_progress) as label:
-        return _draw_figures(pipeline, output_dir, images, seed, num_samples, steps, label)
+        return _draw_figures(pipeline, output_dir, images, seed, num_samples, steps, eta, label)
 
 
 def _draw_figures(
@@ -98,27 +110,42 @@ def _draw_figures(
     seed: int,
     num_samples: int,
     steps: int,
+    eta: float | None,
     label: Callable[[str], None],
 ) -> dict[str, Path]:
-    T = pipeline.scheduler.config.num_train_timesteps
     generators = [torch.Generator(pipeline._execution_device).manual_seed(seed + i) for i in range(num_samples)]
     paths = {}
 
     label(f"Sample grid ({num_samples} images)")
-    samples = pipeline(num_samples, generator=generators, num_inference_steps=steps, output_type="pt").images
+    samples = pipeline(num_samples, generator=generators, num_inference_steps=steps, output_type="pt", eta=eta).images
     paths["samples"] = output_dir / "samples.png"
     save_image_grid(_pil(samples), paths["samples"])
 
     rows = min(8, num_samples)
     label(f"Fig. 6: progressive generation ({rows} images)")
     progressive = pipeline.progressive_generation(
-        rows, generator=generators[:rows], num_inference_steps=steps, num_snapshots=10, output_type="pt"
+        rows, generator=generators[:rows], num_inference_steps=steps, num_snapshots=10, output_type="pt", eta=eta
     )
     snapshots = torch.stack(progressive.pred_original_samples, dim=1).flatten(0, 1)  # row-major: image, then time
     paths["progressive_generation"] = output_dir / "progressive_generation.png"
     save_image_grid(_pil(snapshots), paths["progressive_generation"], columns=len(progressive.timesteps))
 
     originals = samples[:2] * 2 - 1 if images is None else images[:2]
+    sampler = pipeline.scheduler
+    pipeline.scheduler = training_scheduler(sampler)
+    try:
+        paths.update(_draw_ddpm_figures(pipeline, output_dir, originals, seed, label))
+    finally:
+        pipeline.scheduler = sampler
+    return paths
+
+
+def _draw_ddpm_figures(
+    pipeline: DDPMPipeline, output_dir: Path, originals: torch.Tensor, seed: int, label: Callable[[str], None]
+) -> dict[str, Path]:
+    """Fig. 7 and 8, which run DDPM's chain (the pipeline's scheduler is DDPM's here)."""
+    T = pipeline.scheduler.config.num_train_timesteps
+    paths = {}
     tiles = []
     for t in (T - 1, 3 * T // 4, T // 2, T // 4):  # the paper's 1000, 750, 500, 250
         label(f"Fig. 7: shared latents from t = {t + 1}")
@@ -153,6 +180,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--num-samples", type=positive_int, default=64, help="images in the sample grid, at least 2 (default: 64)"
     )
     add_sampling_arguments(parser, "image i of the grid is drawn from the seed seed + i", chain_options=False)
+    parser.epilog = "--scheduler and --eta apply to the sample grid and Fig. 6; Fig. 7 and 8 run DDPM's full chain."
     return parser
 
 
@@ -164,7 +192,15 @@ def main(argv: list[str] | None = None, prog: str = "ddpm-hf figures") -> int:
         if arguments.output_dir.exists() and not arguments.output_dir.is_dir():
             raise ValueError(f"--output-dir {arguments.output_dir} is a file: choose a folder.")
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        pipeline = load_pipeline(arguments.pipeline, device, speedups=speedups, allow_pickle=arguments.allow_pickle)
+        pipeline = load_pipeline(
+            arguments.pipeline,
+            device,
+            speedups=speedups,
+            allow_pickle=arguments.allow_pickle,
+            scheduler=arguments.scheduler,
+            eta=arguments.eta,
+        )
+        check_progressive_generation(pipeline.scheduler)  # before the dataset is read
         images = None
         if arguments.dataset is not None:
             from .data import load_training_images, to_model_input
@@ -175,7 +211,13 @@ def main(argv: list[str] | None = None, prog: str = "ddpm-hf figures") -> int:
             )
             images = to_model_input(data.images).to(pipeline._execution_device)
         paths = write_figures(
-            pipeline, arguments.output_dir, images, arguments.seed, arguments.num_samples, arguments.num_inference_steps
+            pipeline,
+            arguments.output_dir,
+            images,
+            arguments.seed,
+            arguments.num_samples,
+            arguments.num_inference_steps,
+            eta=arguments.eta,
         )
     except INPUT_ERRORS as error:
         return command_error(prog, error)

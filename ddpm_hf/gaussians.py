@@ -8,7 +8,7 @@ Every term of the bound
 
 is either a KL divergence between two diagonal Gaussians (closed form, `normal_kl`) or the log-likelihood of 8-bit
 data under the discretized Gaussian decoder of eq. 13 (`discretized_gaussian_log_likelihood`). Both return values in
-nats, elementwise; the scheduler sums them over pixels and converts to bits per dimension.
+nats, elementwise; `ddpm_hf.likelihood` averages them over pixels and converts to bits per dimension.
 """
 
 from __future__ import annotations

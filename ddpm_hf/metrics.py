@@ -1,9 +1,9 @@
 """The paper's evaluation metrics: negative log-likelihood in bits/dim, FID and Inception Score.
 
 * **Bits per dimension** (Ho et al. 2020, §4.2, Table 2 and Table 4): the variational bound of eq. 5 evaluated term
-  by term, L = L_T + Σ_{t>1} L_{t−1} + L_0, each KL term with a fresh draw x_t ~ q(x_t | x_0). This is an upper bound
-  on −log p_θ(x_0); the paper reports ≤ 3.75 bits/dim on the CIFAR-10 test set, rate (L_1 + … + L_T) 1.78 and
-  distortion (L_0) 1.97.
+  by term (`ddpm_hf.likelihood`), L = L_T + Σ_{t>1} L_{t−1} + L_0, each KL term with a fresh draw x_t ~ q(x_t | x_0)
+  and the decoder term L_0 (eq. 13) at t = 0 only. This is an upper bound on −log p_θ(x_0); the paper reports
+  ≤ 3.75 bits/dim on the CIFAR-10 test set, rate (L_1 + … + L_T) 1.78 and distortion (L_0) 1.97.
 * **FID** (Heusel et al. 2017): the Fréchet distance between Gaussians fitted to Inception features,
   ‖μ_1 − μ_2‖² + Tr(Σ_1 + Σ_2 − 2 (Σ_1 Σ_2)^{1/2}).
 * **Inception Score** (Salimans et al. 2016): exp E_x KL(p(y | x) ‖ p(y)), averaged over splits.
@@ -19,6 +19,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
+from . import likelihood
 from .scheduler import DDPMScheduler
 
 __all__ = [
@@ -80,7 +81,9 @@ def variational_bound(
         unet: anything called as `unet(sample, timestep).sample`, such as a `diffusers.UNet2DModel`.
         scheduler: the forward process the network was trained with.
         images: x_0, a batch (B, C, H, W) in [−1, 1] on the 8-bit grid.
-        generator: the source of the noise of each x_t ~ q(x_t | x_0); a list gives one per image.
+        generator: the source of the noise ε_t of each x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε_t; a list gives one per image.
+            One draw of the batch's shape per timestep, t = T−1 down to 0, in float32 (the sampler's precision; the
+            bound is then computed in float64).
         show_progress: a progress bar over the T timesteps.
 
     A network in training mode is evaluated in evaluation mode (no dropout), then put back.
@@ -96,6 +99,14 @@ def variational_bound(
             unet.train()
 
 
+# The KL terms are evaluated a group of timesteps at a time: between two network calls only x_t and the network's
+# output are stored, and the KL's few dozen small operations run once per group. (On a CPU each small operation right
+# after a network call costs several times its usual time, the caches being cold.) A group holds at most this many
+# float64 values (400 kB) per tensor, to stay in cache: for 8 images of 3×16×16, 8 timesteps, the fastest of groups
+# of 1, 4, 8, 16 and 32 timesteps (`benchmarks/bits_per_dim.py`).
+_GROUP_ELEMENTS = 50_000
+
+
 def _variational_bound(
     unet: Callable,
     scheduler: DDPMScheduler,
@@ -104,23 +115,53 @@ def _variational_bound(
     show_progress: bool,
 ) -> VariationalBound:
     x_0 = images.double()
-    device, dtype = images.device, getattr(unet, "dtype", torch.float32)  # the network's own precision
-    batch = images.shape[0]
-    kl = torch.zeros(batch, dtype=torch.float64, device=device)
-    decoder = torch.zeros(batch, dtype=torch.float64, device=device)
+    device, dtype, batch = images.device, getattr(unet, "dtype", torch.float32), images.shape[0]
     T = scheduler.config.num_train_timesteps
+    group = _KLGroup(scheduler, x_0, max(1, min(T - 1, _GROUP_ELEMENTS // x_0.numel())))
     for t in tqdm(range(T - 1, -1, -1), desc="Variational bound", disable=not show_progress):
-        timesteps = torch.full((batch,), t, dtype=torch.long, device=device)
-        noise = randn_tensor(images.shape, generator=generator, device=device, dtype=torch.float64)
-        x_t = scheduler.add_noise(x_0, noise, timesteps)  # x_t ~ q(x_t | x_0)   (eq. 4)
-        model_output = unet(x_t.to(dtype), timesteps).sample.double()
-        term = scheduler.vlb_terms(model_output, x_0, x_t, timesteps)  # L_{t−1}, or L_0 at t = 0
-        if t == 0:
-            decoder = term
-        else:
-            kl = kl + term
-    prior = scheduler.prior_bpd(x_0)  # L_T
-    return VariationalBound(total=prior + kl + decoder, prior=prior, kl=kl, decoder=decoder)
+        c = scheduler.chain_coefficients(t, x_0)  # the step's float64 scalars
+        # ε in float32, as the sampler draws it (torch draws float64 normals several times slower), used in float64
+        noise = randn_tensor(images.shape, generator=generator, device=device, dtype=torch.float32).double()
+        x_t = scheduler.diffuse((c.sqrt_alpha_prod, c.sqrt_beta_prod), x_0, noise)  # x_t ~ q(x_t | x_0)   (eq. 4)
+        model_output = unet(x_t.to(dtype), torch.full((batch,), t, dtype=torch.long, device=device)).sample
+        if t > 0:
+            group.add(t, x_t, model_output)  # L_{t−1}
+        else:  # L_0, the only decoder term (eq. 13)
+            decoder = likelihood.decoder_nll(scheduler, c, model_output.double(), x_0, x_t)
+    prior = likelihood.prior_bpd(scheduler, x_0)  # L_T
+    return VariationalBound(total=prior + group.kl + decoder, prior=prior, kl=group.kl, decoder=decoder)
+
+
+class _KLGroup:
+    """Σ_{t>0} L_{t−1} per image (eq. 5), evaluated `size` timesteps at a time as they come (t descending to 1)."""
+
+    def __init__(self, scheduler: DDPMScheduler, x_0: torch.Tensor, size: int):
+        self.scheduler, self.batch, self.size = scheduler, x_0.shape[0], size
+        self.x_0 = x_0.repeat(size, 1, 1, 1)  # image i at rows i, B + i, 2B + i, … of the group
+        self.x_t = torch.empty_like(self.x_0)
+        self.output: torch.Tensor | None = None  # made at the first output, which has 2C channels for learned σ
+        self.timesteps: list[int] = []
+        self.kl = torch.zeros(self.batch, dtype=torch.float64, device=x_0.device)
+
+    def add(self, t: int, x_t: torch.Tensor, model_output: torch.Tensor) -> None:
+        if self.output is None:
+            shape = (self.size * self.batch, *model_output.shape[1:])
+            self.output = torch.empty(shape, dtype=torch.float64, device=self.x_0.device)
+        rows = slice(len(self.timesteps) * self.batch, (len(self.timesteps) + 1) * self.batch)
+        self.x_t[rows].copy_(x_t)
+        self.output[rows].copy_(model_output)  # in float64, contiguous
+        self.timesteps.append(t)
+        if len(self.timesteps) == self.size or t == 1:
+            self._evaluate()
+
+    def _evaluate(self) -> None:
+        first, last = self.timesteps[0], self.timesteps[-1]
+        n = len(self.timesteps) * self.batch
+        timesteps = torch.arange(first, last - 1, -1, device=self.x_0.device).repeat_interleave(self.batch)
+        c = self.scheduler.chain_coefficients(timesteps, self.x_t[:n])  # one row per image and timestep
+        terms = likelihood.kl_term(self.scheduler, c, self.output[:n], self.x_0[:n], self.x_t[:n])
+        self.kl += terms.reshape(-1, self.batch).sum(dim=0)
+        self.timesteps = []
 
 
 def bits_per_dim(

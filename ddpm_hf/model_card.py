@@ -270,6 +270,8 @@ def _evaluation_table(report: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         drawn = f"{samples} samples"
         if sampling.get("num_inference_steps") is not None:
             drawn += f", {_count(sampling['num_inference_steps'])} sampling steps"
+        if sampling.get("scheduler") and sampling.get("nfe") is not None:  # reports since samplers (issue 13)
+            drawn += f" of `{sampling['scheduler']}` (NFE {_count(sampling['nfe'])})"
     rows: list[tuple[str, str, str]] = []
     if _is_number(metrics.get("fid")):
         against = _dataset_label(reference.get("dataset"))
@@ -307,7 +309,16 @@ def _evaluation_notes(report: Mapping[str, Any]) -> str | None:
     sampling = report.get("sampling") or {}
     extractor = (report.get("fid") or {}).get("extractor") or {}
     notes = []
-    if sampling.get("seed") is not None or sampling.get("variance_type"):
+    scheduler = sampling.get("scheduler") or "DDPMScheduler"
+    if scheduler != "DDPMScheduler":
+        eta = f", η = {sampling['eta']}" if sampling.get("eta") is not None else ""
+        drawn = f"Samples drawn with `{scheduler}`{eta}"
+        if sampling.get("nfe") is not None:
+            drawn += f", {_count(sampling['nfe'])} network evaluations per image"
+        if sampling.get("seed") is not None:
+            drawn += f", seed {sampling['seed']}"
+        notes.append(drawn + "; the bits/dim bound is that of the DDPM chain the model was trained on.")
+    elif sampling.get("seed") is not None or sampling.get("variance_type"):
         drawn = "Samples drawn by ancestral sampling"
         if sampling.get("variance_type"):
             drawn += f" with {_VARIANCES.get(sampling['variance_type'], sampling['variance_type'])}"

@@ -3,8 +3,9 @@
 The pipeline saves and loads in diffusers' standard layout with diffusers' own class names in `model_index.json`
 (`["diffusers", "UNet2DModel"]`, `["diffusers", "DDPMScheduler"]`), so that what it saves or pushes loads with plain
 `diffusers.DDPMPipeline` in an environment without this package, and gives the same images for the same seed.
-Loading turns the scheduler it finds into `ddpm_hf.DDPMScheduler`, which samples exactly as diffusers' does and also
-computes the paper's bound.
+A `diffusers.DDPMScheduler` becomes `ddpm_hf.DDPMScheduler`, which samples exactly as diffusers' does and also
+computes the paper's bound; any other diffusers scheduler (DDIM, DPM-Solver++, Euler, ...) is kept and sampled with
+as its contract says (see `ddpm_hf.samplers`), and saved under its own name.
 """
 
 from __future__ import annotations
@@ -13,27 +14,25 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import BaseOutput, logging
+from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .acceleration import Speedups, autocast, tf32_enabled
 from .cuda_graphs import Denoiser, GraphedReverseProcess, can_graph
-from .hub import check_pipeline_folder, download_pipeline
-from .hub import push_to_hub as push_folder_to_hub
+from .samplers import check_eta, check_progressive_generation, check_respace, step_arguments
 from .scheduler import DDPMScheduler
 
 __all__ = ["DDPMPipeline", "ProgressiveGenerationOutput", "OUTPUT_TYPES"]
-
-logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 # `from_pretrained` arguments that say how to download a repo id (the others are diffusers' loading arguments).
@@ -41,6 +40,8 @@ _DOWNLOAD_ARGUMENTS = ("revision", "cache_dir", "local_files_only", "token", "fo
 Images = list[PIL.Image.Image] | np.ndarray | torch.Tensor
 Generators = torch.Generator | list[torch.Generator] | None
 StepCallback = Callable[["DDPMPipeline", int, int, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+# What the figures see of each step: (i, t, x_{t'}, the scheduler's step output).
+StepObserver = Callable[[int, int, torch.Tensor, BaseOutput], None]
 
 
 @dataclass
@@ -58,18 +59,23 @@ class ProgressiveGenerationOutput(BaseOutput):
     timesteps: list[int]
 
 
-def _as_ddpm_scheduler(scheduler: SchedulerMixin) -> DDPMScheduler:
-    """Return `scheduler` as a `ddpm_hf.DDPMScheduler` built from its configuration."""
-    if isinstance(scheduler, DDPMScheduler):
-        return scheduler
+def _adopt_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
+    """`scheduler` as the pipeline holds it: a `diffusers.DDPMScheduler` as the `ddpm_hf.DDPMScheduler` of its
+    configuration (the same samples, plus the paper's bound), any other diffusers scheduler as it is."""
     if not isinstance(scheduler, SchedulerMixin):
         raise TypeError(f"scheduler must be a diffusers scheduler, got {type(scheduler).__name__}.")
-    if type(scheduler).__name__ != "DDPMScheduler":
-        logger.warning(
-            f"ddpm_hf.DDPMPipeline samples with DDPM's ancestral sampler: the {type(scheduler).__name__} is converted "
-            "to ddpm_hf.DDPMScheduler through its config (use the matching diffusers pipeline to sample with it)."
-        )
-    return DDPMScheduler.from_config(scheduler.config)
+    if type(scheduler) is diffusers.DDPMScheduler:
+        return DDPMScheduler.from_config(scheduler.config)
+    return scheduler
+
+
+@dataclass
+class _Acceleration:
+    """The speed-up state of a pipeline: the settings, and what they built (a compiled UNet, a captured graph)."""
+
+    speedups: Speedups | None = None  # None: never enabled, everything off
+    compiled_unet: tuple[UNet2DModel, torch.nn.Module] | None = None  # (the UNet, its compiled module)
+    graphs: dict[tuple, GraphedReverseProcess] = field(default_factory=dict)  # at most one: the last batch shape
 
 
 class DDPMPipeline(DiffusionPipeline):
@@ -77,20 +83,22 @@ class DDPMPipeline(DiffusionPipeline):
 
     Args:
         unet: the noise-prediction network (see `ddpm_hf.create_unet` for the paper's presets).
-        scheduler: a `ddpm_hf.DDPMScheduler`; any other diffusers scheduler is converted through its config.
+        scheduler: a `ddpm_hf.DDPMScheduler` (a `diffusers.DDPMScheduler` is converted to it), or any other diffusers
+            scheduler, which is kept (`ddpm_hf.samplers.scheduler_from_name` builds one by name).
     """
 
     model_cpu_offload_seq = "unet"
     _callback_tensor_inputs = ["image"]
 
-    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler):
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=_as_ddpm_scheduler(scheduler))
+        self.register_modules(unet=unet, scheduler=_adopt_scheduler(scheduler))
+        self._acceleration = _Acceleration()
 
     def __setattr__(self, name: str, value: Any) -> None:
-        """`pipeline.scheduler = other` converts a diffusers scheduler as the constructor does."""
+        """`pipeline.scheduler = other` adopts a diffusers scheduler as the constructor does."""
         if name == "scheduler" and isinstance(value, SchedulerMixin):
-            value = _as_ddpm_scheduler(value)
+            value = _adopt_scheduler(value)
         super().__setattr__(name, value)
 
     # ---------------------------------------------------------------------------------------------------------
@@ -146,6 +154,8 @@ class DDPMPipeline(DiffusionPipeline):
                 answer within `DDPM_HF_HUB_TIMEOUT` seconds); also huggingface_hub's own `RepositoryNotFoundError`,
                 `RevisionNotFoundError` or `LocalEntryNotFoundError`.
         """
+        from .hub import check_pipeline_folder, download_pipeline  # the Hub client only where it is needed
+
         if kwargs.get("use_safetensors") is False and not allow_pickle:
             raise ValueError(
                 "use_safetensors=False loads pickle weights, which can run arbitrary code: pass allow_pickle=True as "
@@ -192,6 +202,8 @@ class DDPMPipeline(DiffusionPipeline):
         Returns:
             The commit URL (a `huggingface_hub.CommitInfo`, with `.oid` and `.pr_url`).
         """
+        from .hub import push_to_hub as push_folder_to_hub  # the Hub client and model cards only where pushing
+
         if not safe_serialization:
             raise ValueError("ddpm_hf pushes weights as safetensors only; safe_serialization=False is not supported.")
         with tempfile.TemporaryDirectory(prefix="ddpm-hf-push-") as folder:
@@ -229,58 +241,77 @@ class DDPMPipeline(DiffusionPipeline):
             raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}.")
 
     def _initial_noise(self, batch_size: int, generator: Generators) -> torch.Tensor:
-        """x_T ~ N(0, I) (Algorithm 2, line 1), drawn as diffusers draws it."""
+        """x_T ~ N(0, σ_max² I): N(0, I) (Algorithm 2, line 1) drawn as diffusers draws it, times the scheduler's
+        `init_noise_sigma` (1 for DDPM and DDIM, σ_max for the sigma-space schedulers such as Euler)."""
         device = self._execution_device
         shape = (batch_size, *self.image_shape)
         if device.type == "mps":  # randn is not reproducible on mps
-            return randn_tensor(shape, generator=generator, dtype=self.unet.dtype).to(device)
-        return randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+            noise = randn_tensor(shape, generator=generator, dtype=self.unet.dtype).to(device)
+        else:
+            noise = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        return noise * self.scheduler.init_noise_sigma
+
+    def _set_timesteps(self, num_inference_steps: int, respace: bool = False) -> None:
+        """The chain to sample, set anew per call (which also resets a multistep scheduler's history)."""
+        check_respace(self.scheduler, respace)
+        if isinstance(self.scheduler, DDPMScheduler):
+            self.scheduler.set_timesteps(num_inference_steps, respace=respace)
+        else:
+            self.scheduler.set_timesteps(num_inference_steps)
+
+    def _require_ddpm(self, what: str) -> None:
+        """Refuse `what`, one of the paper's figures that diffuses with q(x_t | x_0) and runs DDPM's chain from it."""
+        if not isinstance(self.scheduler, DDPMScheduler):
+            raise ValueError(
+                f"{what} runs DDPM's reverse chain from x_t ~ q(x_t | x_0), which the pipeline's "
+                f"{type(self.scheduler).__name__} does not sample: set pipeline.scheduler = "
+                "ddpm_hf.DDPMScheduler.from_config(pipeline.scheduler.config) first."
+            )
 
     def _reverse_process(
         self,
         image: torch.Tensor,
         generator: Generators,
-        on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+        eta: float | None = None,
+        on_step: StepObserver | None = None,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("image",),
     ) -> torch.Tensor:
-        """Run x_t → x_{t'} over `self.scheduler.timesteps` (Algorithm 2, lines 2-5) and return the last sample."""
+        """Run the scheduler's chain from `image` over `self.scheduler.timesteps` and return the last sample.
+
+        The loop is the contract of diffusers' schedulers (Algorithm 2, lines 2-5, for DDPM): the network sees
+        `scale_model_input(x_t, t)` (x_t itself for DDPM and DDIM), and `step` gets the generator when it draws
+        noise and η when given. A scheduler of order 2 (Heun) lists each inner timestep twice: one network
+        evaluation per entry. With CUDA graphs on, DDPM's chain is replayed from a captured step
+        (`ddpm_hf.cuda_graphs`); every other scheduler, and any chain with a callback, runs this loop.
+        """
         was_training = self.unet.training
         self.unet.eval()  # sampling never uses dropout, whatever mode the caller left the network in
-        try:
-            return self._reverse_loop(
-                image, generator, on_step, callback_on_step_end, callback_on_step_end_tensor_inputs
-            )
-        finally:
-            self.unet.train(was_training)
-
-    def _reverse_loop(
-        self,
-        image: torch.Tensor,
-        generator: Generators,
-        on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None,
-        callback_on_step_end: StepCallback | None,
-        callback_on_step_end_tensor_inputs: Sequence[str],
-    ) -> torch.Tensor:
         speedups = self.active_speedups()
         denoise = self._denoiser(speedups)
-        with tf32_enabled(True) if speedups.tf32 else contextlib.nullcontext():
-            if speedups.cuda_graphs and on_step is None and callback_on_step_end is None and can_graph(self.scheduler):
-                graphed = self._graphed_reverse_process(image, denoise, speedups)
-                return graphed.run(image, generator, self.progress_bar)
-            timesteps = self.scheduler.timesteps
-            # with speed-ups the network reads t from the device: no host-to-device copy (and wait) per step
-            network_timesteps = timesteps if speedups == Speedups.off() else timesteps.to(image.device)
-            for i, t in enumerate(self.progress_bar(timesteps)):
-                model_output = denoise(image, network_timesteps[i])  # ε_θ(x_t, t)
-                step = self.scheduler.step(model_output, t, image, generator=generator)
-                image = step.prev_sample  # x_{t−1} = μ_θ(x_t, t) + σ_t z
-                if on_step is not None:
-                    on_step(i, int(t), image, step.pred_original_sample)
-                if callback_on_step_end is not None:
-                    tensors = {"image": image} if "image" in callback_on_step_end_tensor_inputs else {}
-                    image = callback_on_step_end(self, i, int(t), tensors).get("image", image)
-        return image
+        step_kwargs = step_arguments(self.scheduler, generator, eta)
+        try:
+            with tf32_enabled(True) if speedups.tf32 else contextlib.nullcontext():
+                if speedups.cuda_graphs and on_step is None and callback_on_step_end is None and self._graphable():
+                    return self._graphed_reverse_process(image, denoise, speedups).run(
+                        image, generator, self.progress_bar
+                    )
+                timesteps = self.scheduler.timesteps
+                # with speed-ups the network reads t from the device: no host-to-device copy (and wait) per step
+                network_timesteps = timesteps if speedups == Speedups.off() else timesteps.to(image.device)
+                for i, t in enumerate(self.progress_bar(timesteps)):
+                    model_input = self.scheduler.scale_model_input(image, t)
+                    model_output = denoise(model_input, network_timesteps[i])  # ε_θ(x_t, t)
+                    step = self.scheduler.step(model_output, t, image, **step_kwargs)
+                    image = step.prev_sample  # x_{t−1} = μ_θ(x_t, t) + σ_t z for DDPM
+                    if on_step is not None:
+                        on_step(i, int(t), image, step)
+                    if callback_on_step_end is not None:
+                        tensors = {"image": image} if "image" in callback_on_step_end_tensor_inputs else {}
+                        image = callback_on_step_end(self, i, int(t), tensors).get("image", image)
+                return image
+        finally:
+            self.unet.train(was_training)
 
     # ---------------------------------------------------------------------------------------------------------
     # Speed-ups (ddpm_hf.acceleration): bf16, TF32, channels-last, torch.compile, CUDA graphs
@@ -293,13 +324,11 @@ class DDPMPipeline(DiffusionPipeline):
         x_t and the scheduler's arithmetic stay in float32 and the noise is drawn from the same generators in the
         same order, so the images differ from those of the plain pipeline (and of `diffusers.DDPMPipeline`) only by
         the rounding of the faster arithmetic; bf16's deviation is measured in `benchmarks/README.md`. CUDA graphs
-        are used when no step callback is given, for fixed variances; the graph of the last batch shape and chain length
-        is kept. Channels-last converts the UNet's weights in place at the first call (saving is unaffected).
-        Returns the pipeline.
+        are used for `ddpm_hf.DDPMScheduler` with fixed variances when no step callback is given (other schedulers run
+        the step loop); the graph of the last batch shape and chain length is kept. Channels-last converts the UNet's
+        weights in place at the first call (saving is unaffected). Returns the pipeline.
         """
-        self._speedups = speedups if speedups is not None else Speedups()
-        self._compiled_unet: tuple[UNet2DModel, torch.nn.Module] | None = None
-        self._graphs: dict[tuple, GraphedReverseProcess] = {}
+        self._acceleration = _Acceleration(speedups if speedups is not None else Speedups())
         return self
 
     def disable_speedups(self) -> DDPMPipeline:
@@ -308,8 +337,12 @@ class DDPMPipeline(DiffusionPipeline):
 
     def active_speedups(self) -> Speedups:
         """The speed-ups that sampling uses now, on the pipeline's device (all off unless `enable_speedups`)."""
-        speedups = getattr(self, "_speedups", None)
+        speedups = self._acceleration.speedups
         return Speedups.off() if speedups is None else speedups.resolve(self._execution_device)
+
+    def _graphable(self) -> bool:
+        """Whether the chain can be replayed from a captured step: DDPM's, with a fixed σ_t (`can_graph`)."""
+        return isinstance(self.scheduler, DDPMScheduler) and can_graph(self.scheduler)
 
     def _denoiser(self, speedups: Speedups) -> Denoiser:
         """The network as the reverse loop calls it, `(x_t, t) -> output`, with the speed-ups applied."""
@@ -319,9 +352,10 @@ class DDPMPipeline(DiffusionPipeline):
         if speedups.channels_last:
             unet.to(memory_format=torch.channels_last)
         if speedups.compile:
-            if self._compiled_unet is None or self._compiled_unet[0] is not self.unet:
-                self._compiled_unet = (self.unet, torch.compile(self.unet))
-            unet = self._compiled_unet[1]
+            acceleration = self._acceleration
+            if acceleration.compiled_unet is None or acceleration.compiled_unet[0] is not self.unet:
+                acceleration.compiled_unet = (self.unet, torch.compile(self.unet))
+            unet = acceleration.compiled_unet[1]
         device = self._execution_device
 
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -340,12 +374,13 @@ class DDPMPipeline(DiffusionPipeline):
             tuple(image.shape), image.dtype, image.device, len(self.scheduler.timesteps), speedups,
             id(self.unet), repr(sorted(self.scheduler.config.items())),
         )  # fmt: skip
-        if key not in self._graphs:
-            self._graphs.clear()  # one graph at a time: each keeps its own activation memory
-            self._graphs[key] = GraphedReverseProcess(
+        graphs = self._acceleration.graphs
+        if key not in graphs:
+            graphs.clear()  # one graph at a time: each keeps its own activation memory
+            graphs[key] = GraphedReverseProcess(
                 denoise, self.scheduler, tuple(image.shape), image.dtype, image.device, capture=image.is_cuda
             )
-        return self._graphs[key]
+        return graphs[key]
 
     def _postprocess(self, image: torch.Tensor, output_type: str) -> Images:
         """Map [−1, 1] to [0, 1] and convert to PIL images, a NHWC numpy array or a NCHW tensor."""
@@ -366,8 +401,9 @@ class DDPMPipeline(DiffusionPipeline):
         respace: bool = False,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("image",),
+        eta: float | None = None,
     ) -> ImagePipelineOutput | tuple:
-        """Draw `batch_size` samples by ancestral sampling (Algorithm 2).
+        """Draw `batch_size` samples by ancestral sampling (Algorithm 2), or with the pipeline's other scheduler.
 
         Args:
             batch_size: the number of images.
@@ -376,10 +412,13 @@ class DDPMPipeline(DiffusionPipeline):
             num_inference_steps: the number of reverse steps (the paper: 1000 = T).
             output_type: "pil", "np" (NHWC float in [0, 1]) or "pt" (NCHW tensor in [0, 1]).
             return_dict: return an `ImagePipelineOutput` rather than a tuple.
-            respace: with fewer steps than T, sample on the respaced chain (see `DDPMScheduler.set_timesteps`).
+            respace: with fewer steps than T, sample on the respaced chain (see `DDPMScheduler.set_timesteps`);
+                DDPM only.
             callback_on_step_end: called after every step as `callback(pipeline, i, t, {"image": x_{t−1}})`; the
                 "image" it returns, if any, replaces x_{t−1}.
             callback_on_step_end_tensor_inputs: the tensors passed to the callback (only "image").
+            eta: DDIM's η (0: deterministic, as `diffusers.DDPMPipeline` samples with DDIM; 1: DDPM-like noise), for
+                schedulers whose step takes it; default: the step's own default.
 
         Returns:
             `ImagePipelineOutput(images=...)`, or `(images,)`.
@@ -388,11 +427,13 @@ class DDPMPipeline(DiffusionPipeline):
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs may only name {self._callback_tensor_inputs}.")
+        check_eta(self.scheduler, eta)
+        self._set_timesteps(num_inference_steps, respace)
         image = self._initial_noise(batch_size, generator)
-        self.scheduler.set_timesteps(num_inference_steps, respace=respace)
         image = self._reverse_process(
             image,
             generator,
+            eta,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
@@ -414,26 +455,30 @@ class DDPMPipeline(DiffusionPipeline):
         num_inference_steps: int = 1000,
         num_snapshots: int = 10,
         output_type: str = "pil",
+        eta: float | None = None,
     ) -> ProgressiveGenerationOutput:
         """Progressive generation (Fig. 6): the prediction x̂_0 along the reverse chain.
 
         The samples are the same as `__call__` draws from the same generator; `num_snapshots` evenly spaced steps
-        (always including the last) record x̂_0 = (x_t − √(1 − ᾱ_t) ε_θ(x_t, t)) / √ᾱ_t (eq. 15).
+        (always including the last) record x̂_0 = (x_t − √(1 − ᾱ_t) ε_θ(x_t, t)) / √ᾱ_t (eq. 15). Another scheduler
+        works if its step returns x̂_0 (`pred_original_sample`: DDIM, Euler, Heun, ...); one that does not is refused.
         """
         self._check_call(batch_size, generator, output_type)
         if num_snapshots < 1:
             raise ValueError(f"num_snapshots must be ≥ 1, got {num_snapshots}.")
+        check_progressive_generation(self.scheduler)
+        check_eta(self.scheduler, eta)
+        self._set_timesteps(num_inference_steps)
         image = self._initial_noise(batch_size, generator)
-        self.scheduler.set_timesteps(num_inference_steps)
         steps = len(self.scheduler.timesteps)
         keep = {round(k * (steps - 1) / max(num_snapshots - 1, 1)) for k in range(min(num_snapshots, steps))}
         snapshots: list[tuple[int, torch.Tensor]] = []
 
-        def record(i: int, t: int, _: torch.Tensor, pred_original_sample: torch.Tensor) -> None:
+        def record(i: int, t: int, _: torch.Tensor, step: BaseOutput) -> None:
             if i in keep:
-                snapshots.append((t, pred_original_sample))
+                snapshots.append((t, step.pred_original_sample))
 
-        image = self._reverse_process(image, generator, on_step=record)
+        image = self._reverse_process(image, generator, eta, on_step=record)
         return ProgressiveGenerationOutput(
             images=self._postprocess(image, output_type),
             pred_original_samples=[self._postprocess(x, output_type) for _, x in snapshots],
@@ -470,7 +515,8 @@ class DDPMPipeline(DiffusionPipeline):
         generator: Generators = None,
         output_type: str = "pil",
     ) -> ImagePipelineOutput:
-        """Run the reverse process from x_t at `timestep` down to x_0, every step of the trained chain."""
+        """Run the reverse process from x_t at `timestep` down to x_0, every step of the trained chain (DDPM only)."""
+        self._require_ddpm("denoise")
         timestep = self._check_timestep(timestep)
         image = self._check_images("noisy_images", noisy_images, bounded=False)
         if not torch.isfinite(image).all():
@@ -499,6 +545,7 @@ class DDPMPipeline(DiffusionPipeline):
         Returns:
             (samples, x_t), both in `output_type`.
         """
+        self._require_ddpm("shared_latent_samples (Fig. 7)")
         x_0 = self._check_images("image", image)
         if x_0.shape[0] != 1:
             raise ValueError(f"image must hold exactly one image, got {x_0.shape[0]}.")
@@ -531,6 +578,7 @@ class DDPMPipeline(DiffusionPipeline):
             lambdas: the mixing weights λ, one output image each.
             generator: the source of all randomness.
         """
+        self._require_ddpm("interpolate (Fig. 8)")
         x_a = self._check_images("image_a", image_a)
         x_b = self._check_images("image_b", image_b)
         if x_a.shape[0] != 1 or x_b.shape[0] != 1:

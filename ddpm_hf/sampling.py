@@ -7,12 +7,13 @@ rerun draws only the missing ones. `samples_to_npz` packs a folder into one `.np
 of the usual FID tools.
 
 A samples folder records what drew its images in `manifest.json`, written before the first image: the SHA-256 of the
-UNet's weights and its dtype, the scheduler's configuration (σ_t² included), the seed, the number of steps, respacing,
-the image shape and bf16 (the one speed-up that changes pixels by more than rounding). A rerun adds images to a folder
-only when all of these agree, so a folder never mixes the samples of two models or settings, and an evaluation never
-measures samples of another pipeline. A folder that holds samples but no manifest (from an older version, or copied in
-by hand) is refused too, since what drew them is unknown; so are sample files of the wrong size or channel count.
-Each refusal names the folder and the ways out: another `--output-dir`, or deleting the folder.
+UNet's weights and its dtype, the scheduler's class and configuration (σ_t² included) and DDIM's η, the seed, the
+number of steps, respacing, the image shape and bf16 (the one speed-up that changes pixels by more than rounding).
+A rerun adds images to a folder only when all of these agree, so a folder never mixes the samples of two models,
+samplers or settings, and an evaluation never measures samples of another pipeline. A folder that holds samples but
+no manifest (from an older version, or copied in by hand) is refused too, since what drew them is unknown; so are
+sample files of the wrong size or channel count. Each refusal names the folder and the ways out: another
+`--output-dir`, or deleting the folder.
 
     ddpm-hf sample PIPELINE --num-samples 50000 --output-dir samples/      (one process)
     accelerate launch -m ddpm_hf.sampling PIPELINE --num-samples 50000 --output-dir samples/      (several)
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -39,6 +41,7 @@ from tqdm.auto import tqdm
 from .acceleration import Speedups, add_speedup_arguments, speedups_from_arguments
 from .hub import HubError, check_pipeline_folder, download_pipeline
 from .pipeline import DDPMPipeline
+from .samplers import add_scheduler_arguments, check_eta, check_respace, scheduler_from_name
 from .scheduler import DDPMScheduler
 from .seeding import stream_seed
 
@@ -99,15 +102,18 @@ def load_pipeline(
     variance_type: str | None = None,
     speedups: Speedups | None = None,
     allow_pickle: bool = False,
+    scheduler: str | None = None,
+    eta: float | None = None,
 ) -> DDPMPipeline:
     """A pipeline (folder or Hub repo id) on `device`, its progress bar off, with σ_t² of the reverse process set to
-    `variance_type` ("fixed_small": σ² = β̃, "fixed_large": σ² = β, §3.2) when given, and sampling with `speedups`
-    (see `DDPMPipeline.enable_speedups`) when given. Pickle weights load only with `allow_pickle`.
+    `variance_type` ("fixed_small": σ² = β̃, "fixed_large": σ² = β, §3.2) when given, sampling with `speedups`
+    (see `DDPMPipeline.enable_speedups`) when given, and with the scheduler named `scheduler` (see `use_sampler`).
+    Pickle weights load only with `allow_pickle`.
 
     Raises:
         FileNotFoundError: no such folder or repo, or not a pipeline (the missing file is named).
-        ValueError: a bad scheduler config (its path and field named), pickle weights without `allow_pickle`, or
-            corrupt weights.
+        ValueError: a bad scheduler config (its path and field named), pickle weights without `allow_pickle`,
+            corrupt weights, or a sampler option that does not apply (see `use_sampler`).
     """
     folder = Path(name)
     if not folder.is_dir():
@@ -117,12 +123,32 @@ def load_pipeline(
     pipeline = DDPMPipeline.from_pretrained(folder, allow_pickle=allow_pickle)
     if speedups is not None:
         pipeline.enable_speedups(speedups)
-    if variance_type is not None:
-        pipeline.scheduler = type(pipeline.scheduler).from_config(
-            pipeline.scheduler.config, variance_type=variance_type
-        )
+    use_sampler(pipeline, scheduler, eta, variance_type)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline.to(device)
+
+
+def use_sampler(
+    pipeline: DDPMPipeline, scheduler: str | None, eta: float | None = None, variance_type: str | None = None
+) -> None:
+    """Sample `pipeline` with the scheduler named `scheduler` (see `ddpm_hf.samplers.scheduler_from_name`; None:
+    its own), built from its configuration; DDPM's σ_t² `variance_type` is applied first.
+
+    Raises:
+        ValueError: `variance_type` for a scheduler other than DDPM's, or an `eta` the scheduler does not take.
+    """
+    if variance_type is not None:
+        if not isinstance(pipeline.scheduler, DDPMScheduler):
+            raise ValueError(
+                f"variance_type (--variance-type) is DDPM's σ_t²; the pipeline's scheduler is the "
+                f"{type(pipeline.scheduler).__name__}."
+            )
+        pipeline.scheduler = DDPMScheduler.from_config(pipeline.scheduler.config, variance_type=variance_type)
+    if scheduler is not None:
+        pipeline.scheduler = scheduler_from_name(scheduler, pipeline.scheduler.config)
+    if variance_type is not None and not isinstance(pipeline.scheduler, DDPMScheduler):
+        raise ValueError(f"--variance-type is DDPM's σ_t²: it does not apply to --scheduler {scheduler}.")
+    check_eta(pipeline.scheduler, eta)
 
 
 def inference_steps(pipeline: DDPMPipeline, num_inference_steps: int | None) -> int:
@@ -155,16 +181,17 @@ def draw_samples(
     batch_size: int = 64,
     num_inference_steps: int | None = None,
     respace: bool = False,
+    eta: float | None = None,
 ) -> Iterator[tuple[list[int], np.ndarray]]:
     """Draw the images `indices` of a sampling run seeded with `seed`, `batch_size` at a time; yield each batch's
-    indices and its images as uint8 (n, H, W, C), rounded as PIL conversion rounds them."""
+    indices and its images as uint8 (n, H, W, C), rounded as PIL conversion rounds them. `eta`: DDIM's η."""
     steps = inference_steps(pipeline, num_inference_steps)
     device = pipeline._execution_device
     for start in range(0, len(indices), batch_size):
         batch = list(indices[start : start + batch_size])
         generators = [torch.Generator(device).manual_seed(sample_seed(seed, i)) for i in batch]
         images = pipeline(
-            len(batch), generator=generators, num_inference_steps=steps, respace=respace, output_type="np"
+            len(batch), generator=generators, num_inference_steps=steps, respace=respace, eta=eta, output_type="np"
         ).images
         yield batch, (images * 255).round().astype(np.uint8)
 
@@ -179,13 +206,20 @@ def weights_sha256(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def samples_manifest(pipeline: DDPMPipeline, seed: int, num_inference_steps: int, respace: bool) -> dict[str, Any]:
+def samples_manifest(
+    pipeline: DDPMPipeline, seed: int, num_inference_steps: int, respace: bool, eta: float | None = None
+) -> dict[str, Any]:
     """What determines the pixels of the images a sampling run draws (the `manifest.json` of its folder)."""
-    scheduler = {key: value for key, value in pipeline.scheduler.config.items() if not key.startswith("_")}
+    # The fields the scheduler's class takes: a DDIM built from a DDPM's configuration may or may not carry DDPM's
+    # σ_t² along (diffusers keeps unused fields unless they were defaults), which changes nothing it draws.
+    fields = inspect.signature(type(pipeline.scheduler).__init__).parameters
+    scheduler = {key: value for key, value in pipeline.scheduler.config.items() if key in fields}
     return {
         "unet_sha256": weights_sha256(pipeline.unet),
         "unet_dtype": str(pipeline.unet.dtype).removeprefix("torch."),
+        "scheduler_class": type(pipeline.scheduler).__name__,
         "scheduler": json.loads(json.dumps(scheduler, default=str)),  # plain JSON types, as read back from the file
+        "eta": eta,
         "seed": seed,
         "num_inference_steps": num_inference_steps,
         "respace": respace,
@@ -258,6 +292,8 @@ def _claim_samples_folder(folder: Path, manifest: dict[str, Any], existing: Sequ
             recorded = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ValueError(f"The samples manifest {path} cannot be read ({error}): {ways_out}.") from None
+        if isinstance(recorded, dict):  # manifests written before other schedulers were DDPM's
+            recorded.setdefault("scheduler_class", "DDPMScheduler")
         differences = _differences(recorded, manifest) if isinstance(recorded, dict) else ["not a JSON object"]
         if differences:
             raise ValueError(
@@ -288,6 +324,7 @@ def generate_samples(
     batch_size: int = 64,
     num_inference_steps: int | None = None,
     respace: bool = False,
+    eta: float | None = None,
     process_index: int = 0,
     num_processes: int = 1,
     show_progress: bool = True,
@@ -300,7 +337,8 @@ def generate_samples(
         num_samples: N, the size of the whole sample over all processes.
         seed: image i is drawn from a generator seeded with `sample_seed(seed, i)`.
         batch_size: images per call of the pipeline; it does not change the images.
-        num_inference_steps: reverse steps (default: T, the paper's protocol); `respace` as in the pipeline.
+        num_inference_steps: reverse steps (default: T, the paper's protocol); `respace` and `eta` as in the
+            pipeline.
 
     Raises:
         ValueError: bad counts or steps, or a folder whose samples were drawn otherwise (see the module docstring);
@@ -316,11 +354,14 @@ def generate_samples(
     folder = Path(output_dir)
     owned = range(process_index, num_samples, num_processes)
     existing = [i for i in owned if _image_path(folder, i).is_file()]
-    _claim_samples_folder(folder, samples_manifest(pipeline, seed, steps, respace), existing)
+    check_eta(pipeline.scheduler, eta)
+    check_respace(pipeline.scheduler, respace)
+    _claim_samples_folder(folder, samples_manifest(pipeline, seed, steps, respace, eta), existing)
     mine = sorted(set(owned) - set(existing))
-    description = f"Sampling ({steps} steps{', respaced' if respace else ''})"
+    sampler = "" if isinstance(pipeline.scheduler, DDPMScheduler) else f" of the {type(pipeline.scheduler).__name__}"
+    description = f"Sampling ({steps} steps{sampler}{', respaced' if respace else ''})"
     progress = tqdm(total=len(mine), desc=description, unit="img", disable=not show_progress)
-    for indices, images in draw_samples(pipeline, mine, seed, batch_size, steps, respace):
+    for indices, images in draw_samples(pipeline, mine, seed, batch_size, steps, respace, eta):
         for index, image in zip(indices, images, strict=True):
             _write_png(
                 PIL.Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image), _image_path(folder, index)
@@ -408,8 +449,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, seed_help: str, chain_options: bool = True) -> None:
-    """The options of how images are drawn: the seed, the steps, `--respace` and `--variance-type` (with
-    `chain_options`) and the speed-ups, shared by `ddpm-hf sample`, `evaluate` and `figures`."""
+    """The options of how images are drawn: the seed, the scheduler and its steps, `--respace` and `--variance-type`
+    (with `chain_options`) and the speed-ups, shared by `ddpm-hf sample`, `evaluate` and `figures`."""
     parser.add_argument("--seed", type=int, default=0, help=f"{seed_help} (default: 0)")
     parser.add_argument(
         "--num-inference-steps",
@@ -417,17 +458,18 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, seed_help: str, chai
         default=None,
         help="reverse steps per image, 1 to T (default: T, the full chain the model was trained on)",
     )
+    add_scheduler_arguments(parser)
     if chain_options:
         parser.add_argument(
             "--respace",
             action="store_true",
-            help="with fewer steps than T, sample on the respaced chain (default: off)",
+            help="with fewer steps than T, sample on DDPM's respaced chain; DDPM only (default: off)",
         )
         parser.add_argument(
             "--variance-type",
             choices=("fixed_small", "fixed_large"),
             default=None,
-            help="σ_t² of the reverse process: β̃_t or β_t (default: the pipeline's own)",
+            help="σ_t² of DDPM's reverse process: β̃_t or β_t; DDPM only (default: the pipeline's own)",
         )
     add_speedup_arguments(parser)
 
@@ -482,7 +524,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m ddpm_hf.sampling"
             raise ValueError(f"--output-dir {arguments.output_dir} is a file: choose a folder.")
         state = Accelerator()  # unlike a bare PartialState, it reads `accelerate launch`'s settings (--cpu) as well
         pipeline = load_pipeline(
-            arguments.pipeline, state.device, arguments.variance_type, speedups, arguments.allow_pickle
+            arguments.pipeline,
+            state.device,
+            arguments.variance_type,
+            speedups,
+            arguments.allow_pickle,
+            arguments.scheduler,
+            arguments.eta,
         )
         drawn = generate_samples(
             pipeline,
@@ -492,6 +540,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ddpm_hf.sampling"
             batch_size=arguments.batch_size,
             num_inference_steps=arguments.num_inference_steps,
             respace=arguments.respace,
+            eta=arguments.eta,
             process_index=state.process_index,
             num_processes=state.num_processes,
             show_progress=state.is_main_process,

@@ -1,4 +1,4 @@
-"""The DDPM forward process, ancestral sampler and variational bound (Ho, Jain, Abbeel 2020, arXiv 2006.11239).
+"""The DDPM forward process and ancestral sampler (Ho, Jain, Abbeel 2020, arXiv 2006.11239).
 
 Notation of the paper, with timesteps indexed from 0 as in diffusers (paper step `t` is index `t − 1` here):
 
@@ -9,19 +9,23 @@ Notation of the paper, with timesteps indexed from 0 as in diffusers (paper step
     μ̃_t(x_t, x_0) = √ᾱ_{t−1} β_t / (1 − ᾱ_t) · x_0 + √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · x_t
     β̃_t = (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · β_t                                             (eq. 7)
     p_θ(x_{t−1} | x_t) = N(μ_θ(x_t, t), σ_t² I),   σ_t² = β_t or β̃_t                    (eq. 1, §3.2)
-    x_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t                                                   (eq. 4 solved for x_0)
-    μ_θ(x_t, t) = (x_t − β_t / √(1 − ᾱ_t) ε_θ(x_t, t)) / √α_t                           (eq. 11)
-    L_simple = E_{t, x_0, ε} ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖²                    (eq. 14)
+    x̂_0 = (x_t − √(1 − ᾱ_t) ε_θ(x_t, t)) / √ᾱ_t                                        (eq. 15)
+    μ_θ(x_t, t) = μ̃_t(x_t, x̂_0) = (x_t − β_t / √(1 − ᾱ_t) ε_θ(x_t, t)) / √α_t           (eq. 11)
 
-`DDPMScheduler.step` reproduces `diffusers.DDPMScheduler.step` operation for operation (same float32 tables, same
-random draws in the same order), so the two give the same images from the same seed. The likelihood methods
-(`q_posterior`, `p_mean_variance`, `vlb_terms`, `prior_bpd`, `training_loss`) use float64 tables, as the paper's
-reference code did, and return tensors in the dtype of their inputs.
+Each equation is written once. Every scalar of a reverse step x_t → x_{t'} is a function of ᾱ_t and ᾱ_{t'} alone
+(`StepCoefficients.between`), and x̂_0, μ̃_t and σ_t² are methods of the scheduler that take those scalars
+(`original_sample`, `posterior_mean`, `reverse_variance`). Two precisions feed them:
+
+* sampling (`step`, and the CUDA-graph step of `ddpm_hf.cuda_graphs`): the scalars of each step in float32, from
+  diffusers' own float32 ᾱ table, operation for operation as `diffusers.DDPMScheduler.step` computes them, so that the
+  two give the same images from the same seed;
+* the likelihood (`q_posterior`, `p_mean_variance` and the bound of `ddpm_hf.likelihood`): the scalars of the T-step
+  chain computed once in float64 (`self.chain`), as the paper's reference code did, and cast to the input's dtype.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import numpy as np
@@ -32,12 +36,13 @@ from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput, betas_for_
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from .gaussians import NATS_PER_BIT, discretized_gaussian_log_likelihood, normal_kl
+from . import likelihood
 
 __all__ = [
     "DDPMScheduler",
     "DDPMSchedulerOutput",
     "ModelPrediction",
+    "ReverseVariance",
     "StepCoefficients",
     "BETA_SCHEDULES",
     "VARIANCE_TYPES",
@@ -52,7 +57,89 @@ VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_
 # "mean" is the paper's direct μ̃-prediction (Table 2, first rows); the other three are diffusers' names.
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "mean")
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
-LOSS_TYPES = ("simple", "vlb")
+LOSS_TYPES = likelihood.LOSS_TYPES
+
+
+def sqrt_alphas(alpha_prod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """√ᾱ_t and √(1 − ᾱ_t), the two factors of q(x_t | x_0) (eq. 4), as diffusers computes them."""
+    return alpha_prod ** (0.5), (1 - alpha_prod) ** (0.5)
+
+
+@dataclass
+class StepCoefficients:
+    """The scalars of reverse steps x_t → x_{t'}: 0-dim tensors for one step, or one value per step or per image.
+
+    Attributes:
+        sqrt_alpha_prod: √ᾱ_t.
+        sqrt_beta_prod: √(1 − ᾱ_t).
+        pred_original_sample_coeff: √ᾱ_{t'} β_t / (1 − ᾱ_t), the factor of x_0 in μ̃_t (eq. 7).
+        current_sample_coeff: √(ᾱ_t/ᾱ_{t'}) (1 − ᾱ_{t'}) / (1 − ᾱ_t), the factor of x_t in μ̃_t (eq. 7).
+        beta: the step's β_t = 1 − ᾱ_t/ᾱ_{t'}: the upper end of "learned_range".
+        posterior_variance: β̃_t (eq. 7), at least 1e-20 (its logarithm is taken): σ_t² of "fixed_small" and the
+            lower end of "learned_range".
+        large_variance: σ_t² of "fixed_large": β_t, except at the bound's decoder step (`DDPMScheduler.chain`).
+    """
+
+    sqrt_alpha_prod: torch.Tensor
+    sqrt_beta_prod: torch.Tensor
+    pred_original_sample_coeff: torch.Tensor
+    current_sample_coeff: torch.Tensor
+    beta: torch.Tensor
+    posterior_variance: torch.Tensor
+    large_variance: torch.Tensor
+
+    @classmethod
+    def between(cls, alpha_prod_t: torch.Tensor, alpha_prod_t_prev: torch.Tensor) -> StepCoefficients:
+        """The steps ᾱ_t → ᾱ_{t'}, elementwise in the inputs' precision: the operations of
+        `diffusers.DDPMScheduler.step` (its steps 1 and 4) and of its `_get_variance`, in their order."""
+        sqrt_alpha_prod, sqrt_beta_prod = sqrt_alphas(alpha_prod_t)
+        beta_prod_t = 1 - alpha_prod_t
+        beta_prod_t_prev = 1 - alpha_prod_t_prev
+        current_alpha_t = alpha_prod_t / alpha_prod_t_prev
+        current_beta_t = 1 - current_alpha_t  # β_t of the step: 1 − ᾱ_t/ᾱ_{t'}
+        return cls(
+            sqrt_alpha_prod=sqrt_alpha_prod,
+            sqrt_beta_prod=sqrt_beta_prod,
+            pred_original_sample_coeff=(alpha_prod_t_prev ** (0.5) * current_beta_t) / beta_prod_t,  # eq. 7
+            current_sample_coeff=current_alpha_t ** (0.5) * beta_prod_t_prev / beta_prod_t,  # eq. 7
+            beta=current_beta_t,
+            posterior_variance=torch.clamp(beta_prod_t_prev / beta_prod_t * current_beta_t, min=1e-20),  # eq. 7
+            large_variance=current_beta_t,
+        )
+
+    @classmethod
+    def stack(cls, steps: list[StepCoefficients]) -> StepCoefficients:
+        """The coefficients of many steps, each field a 1-d tensor over `steps`."""
+        return cls(**{f.name: torch.stack([getattr(c, f.name) for c in steps]) for f in fields(cls)})
+
+    def to(self, device: torch.device | str) -> StepCoefficients:
+        """The same coefficients on `device`."""
+        return StepCoefficients(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def select(self, index: torch.Tensor) -> StepCoefficients:
+        """Step `index` (a 1-element long tensor) of stacked coefficients as 0-dim tensors, which combine with a
+        sample exactly as `step`'s do: an `index_select` on the tables' device, with no host synchronisation."""
+        return StepCoefficients(**{f.name: getattr(self, f.name).index_select(0, index)[0] for f in fields(self)})
+
+
+@dataclass
+class ReverseVariance:
+    """σ_t² of p_θ(x_{t'} | x_t), held in the form it was computed in: as a variance or as its logarithm.
+
+    diffusers rounds the two forms differently (σ_t = (σ_t²)^½ or exp(½ log σ_t²)); sampling takes σ_t from the form
+    at hand, as diffusers does, and the bound takes log σ_t².
+    """
+
+    variance: torch.Tensor | None = None
+    log_variance: torch.Tensor | None = None
+
+    def std(self) -> torch.Tensor:
+        """σ_t, the factor of z in x_{t'} = μ_θ + σ_t z."""
+        return self.variance ** (0.5) if self.log_variance is None else torch.exp(0.5 * self.log_variance)
+
+    def log(self) -> torch.Tensor:
+        """log σ_t² (a variance is kept above 1e-20 first, as a predicted one may be 0)."""
+        return torch.log(self.variance.clamp(min=1e-20)) if self.log_variance is None else self.log_variance
 
 
 @dataclass
@@ -63,46 +150,13 @@ class ModelPrediction:
         mean: μ_θ(x_t, t).
         variance: σ_t², broadcastable to `mean`.
         log_variance: log σ_t², broadcastable to `mean`.
-        pred_original_sample: the model's x̂_0 (eq. 15 for ε-prediction), clipped or thresholded as configured.
+        pred_original_sample: the model's x̂_0 (eq. 15 for ε-prediction), clipped or thresholded if asked.
     """
 
     mean: torch.Tensor
     variance: torch.Tensor
     log_variance: torch.Tensor
     pred_original_sample: torch.Tensor
-
-
-@dataclass
-class StepCoefficients:
-    """The scalars of one ancestral step x_t → x_{t'} (float32, as diffusers computes them).
-
-    Attributes:
-        sqrt_alpha_prod: √ᾱ_t.
-        sqrt_beta_prod: √(1 − ᾱ_t).
-        pred_original_sample_coeff: √ᾱ_{t'} β_t / (1 − ᾱ_t), the factor of x_0 in μ̃_t (eq. 7), β_t = 1 − ᾱ_t/ᾱ_{t'}.
-        current_sample_coeff: √(ᾱ_t/ᾱ_{t'}) (1 − ᾱ_{t'}) / (1 − ᾱ_t), the factor of x_t in μ̃_t (eq. 7).
-    """
-
-    sqrt_alpha_prod: torch.Tensor
-    sqrt_beta_prod: torch.Tensor
-    pred_original_sample_coeff: torch.Tensor
-    current_sample_coeff: torch.Tensor
-
-    @classmethod
-    def stack(cls, steps: list[StepCoefficients]) -> StepCoefficients:
-        """The coefficients of many steps, each field a 1-d tensor over `steps`."""
-        return cls(**{name: torch.stack([getattr(c, name) for c in steps]) for name in cls.__dataclass_fields__})
-
-    def to(self, device: torch.device | str) -> StepCoefficients:
-        """The same coefficients on `device`."""
-        return StepCoefficients(**{name: getattr(self, name).to(device) for name in self.__dataclass_fields__})
-
-    def select(self, index: torch.Tensor) -> StepCoefficients:
-        """Step `index` (a 1-element long tensor) of stacked coefficients, each field of shape (1,): an
-        `index_select` on the tables' device, with no host synchronisation."""
-        return StepCoefficients(
-            **{name: getattr(self, name).index_select(0, index) for name in self.__dataclass_fields__}
-        )
 
 
 def respaced_timesteps(num_train_timesteps: int, num_steps: int) -> list[int]:
@@ -152,12 +206,6 @@ def _check_config_types(config: FrozenDict) -> None:
             raise ValueError(f"{field} must be finite, got {value!r}.")
 
 
-def _gather(table: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """table[t] for a batch of timesteps, shaped to broadcast against `like` (B, 1, 1, …) in its dtype."""
-    values = table.to(like.device)[timesteps.to(like.device).long()]
-    return values.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
-
-
 class DDPMScheduler(SchedulerMixin, ConfigMixin):
     """The DDPM scheduler of Ho et al. 2020, a drop-in `diffusers.DDPMScheduler` that also computes the bound.
 
@@ -167,7 +215,8 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
     * `prediction_type="mean"`: the model predicts the posterior mean μ̃ directly (the paper's Table 2);
     * `variance_type="fixed_large_log"` works (σ_t² = β_t through its logarithm; diffusers returns NaN there);
     * `q_posterior` (eq. 6-7), `p_mean_variance` (eq. 1, 11), `vlb_terms` and `prior_bpd` (eq. 5, 13) in bits per
-      dimension, `training_loss` for L_simple (eq. 14) and the true bound L_vlb;
+      dimension, `training_loss` for L_simple (eq. 14) and the true bound L_vlb (the last three from
+      `ddpm_hf.likelihood`);
     * `set_timesteps(n, respace=True)`: sampling on a respaced chain (Nichol & Dhariwal 2021, §4).
 
     Args:
@@ -226,29 +275,10 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
         self.one = torch.tensor(1.0)
         self.init_noise_sigma = 1.0  # x_T ~ N(0, I)
 
-        # The float64 tables of the likelihood (eq. 4-7), as in the paper's reference code.
-        betas = self.betas.double()
-        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-        alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])  # ᾱ_{t−1}
-        self._q = {
-            "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),  # √ᾱ_t                 (eq. 4)
-            "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),  # √(1 − ᾱ_t)
-            "log_one_minus_alphas_cumprod": torch.log1p(-alphas_cumprod),
-            "sqrt_recip_alphas_cumprod": alphas_cumprod.rsqrt(),  # 1/√ᾱ_t
-            "sqrt_recipm1_alphas_cumprod": (1.0 / alphas_cumprod - 1.0).sqrt(),  # √(1/ᾱ_t − 1)
-            # β̃_t and the two coefficients of μ̃_t (eq. 7)
-            "posterior_variance": betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod),
-            "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod),
-            "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * (1.0 - betas).sqrt() / (1.0 - alphas_cumprod),
-            "log_betas": betas.log(),
-        }
-        # β̃_1 = 0 (paper indexing): its log is replaced by log β̃_2, as in the reference code, so that the
-        # decoder term L_0 has a finite scale for σ_1² = β̃_1.
-        posterior_variance = self._q["posterior_variance"]
-        clipped = torch.cat([posterior_variance[1:2], posterior_variance[1:]]) if len(betas) > 1 else betas
-        self._q["posterior_log_variance_clipped"] = clipped.log()
-        # σ_t² = β_t with the same replacement at the first step (reference code: "fixedlarge").
-        self._q["large_log_variance"] = torch.cat([clipped[:1], betas[1:].log()])
+        # The likelihood's tables: the steps t → t − 1 of the T-step chain in float64, named; and as rows for lookups.
+        self.chain = self._chain_tables()
+        self._chain_rows = torch.stack([getattr(self.chain, f.name) for f in fields(self.chain)], dim=1)
+        self._chain_steps: list[StepCoefficients] | None = None  # `chain_coefficients`' per-step views, made on use
 
         # Set by `set_timesteps`.
         self.custom_timesteps = False
@@ -256,6 +286,24 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
         self.respaced = False
         self.timesteps = torch.from_numpy(np.arange(0, num_train_timesteps)[::-1].copy())
         self.variance_type = variance_type
+
+    def _chain_tables(self) -> StepCoefficients:
+        """The coefficients of the T steps t → t − 1 in float64, with σ_1² of the decoder step t = 0 (paper: t = 1).
+
+        β̃ is 0 at the decoder step (x_0 is given): its logarithm is −∞ and a decoder of variance 0 has no
+        likelihood. There, as in the paper's reference code (`diffusion_utils_2.py`) and in improved-diffusion, σ_1²
+        is β̃ of the next step for "fixed_small" and for "fixed_large" alike; the paper's text writes σ_1² = β_1 for
+        the latter. The code's choice is kept because the paper's likelihoods (Tables 1, 2 and 4) were measured
+        with it; any σ_1² gives a valid bound. "learned_range" still reaches up to log β_1 there, as in
+        improved-diffusion. Sampling is unaffected: the step to x_0 adds no noise. (With T = 1: σ_1² = β_1.)
+        """
+        alphas_cumprod = torch.cumprod(1.0 - self.betas.double(), dim=0)
+        previous = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])  # ᾱ_{t−1}, with ᾱ_{−1} = 1
+        chain = StepCoefficients.between(alphas_cumprod, previous)
+        decoder_variance = (chain.posterior_variance[1:2] if len(previous) > 1 else chain.beta[:1]).clone()
+        chain.posterior_variance = torch.cat([decoder_variance, chain.posterior_variance[1:]])
+        chain.large_variance = torch.cat([decoder_variance, chain.beta[1:]])
+        return chain
 
     # ---------------------------------------------------------------------------------------------------------
     # Configuration
@@ -322,7 +370,7 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
         return self.config.num_train_timesteps
 
     # ---------------------------------------------------------------------------------------------------------
-    # Sampling: the timesteps and the ancestral step (Algorithm 2)
+    # The timesteps of the reverse chain
     # ---------------------------------------------------------------------------------------------------------
 
     def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
@@ -426,28 +474,6 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
             return torch.tensor(self._previous[t])
         return timestep - 1
 
-    def _variance(self, t: int, prev_t: int, predicted_variance: torch.Tensor | None) -> torch.Tensor:
-        """σ_t² of the step t → prev_t (or its log, or σ_t, as diffusers' `_get_variance` returns them)."""
-        alpha_prod_t = self.alphas_cumprod[t]
-        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
-        current_beta_t = 1 - alpha_prod_t / alpha_prod_t_prev
-        # β̃_t (eq. 7), kept away from 0 because its logarithm is taken below
-        variance = torch.clamp((1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * current_beta_t, min=1e-20)
-        variance_type = self.config.variance_type
-        if variance_type == "fixed_small":  # σ_t² = β̃_t
-            return variance
-        if variance_type == "fixed_small_log":  # σ_t (a standard deviation, as in diffusers)
-            return torch.exp(0.5 * torch.log(variance))
-        if variance_type == "fixed_large":  # σ_t² = β_t
-            return current_beta_t
-        if variance_type == "fixed_large_log":  # log σ_t² = log β_t
-            return torch.log(current_beta_t)
-        if variance_type == "learned":  # the model's σ_t²
-            return predicted_variance
-        # "learned_range": log σ_t² = v log β_t + (1 − v) log β̃_t, v = (output + 1) / 2 (Nichol & Dhariwal eq. 15)
-        frac = (predicted_variance + 1) / 2
-        return frac * torch.log(current_beta_t) + (1 - frac) * torch.log(variance)
-
     def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
         """Dynamic thresholding of x̂_0 (Saharia et al. 2022, §2.3): clamp each image to [−s, s] and divide by s, s the
         `dynamic_thresholding_ratio` percentile of |x̂_0| clamped to [1, `sample_max_value`]."""
@@ -481,60 +507,34 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
             )
         return model_output, None
 
+    # ---------------------------------------------------------------------------------------------------------
+    # The coefficients of a step: float32 for sampling, float64 for the likelihood
+    # ---------------------------------------------------------------------------------------------------------
+
     def step_coefficients(self, timestep: int, prev_timestep: int | None = None) -> StepCoefficients:
-        """The scalars of the ancestral step t → t' (t' the next timestep of the chain, −1 after the last), computed
-        in float32 from ᾱ_t and ᾱ_{t'} exactly as `diffusers.DDPMScheduler.step` computes them."""
+        """The scalars of the ancestral step t → t' (t' the next timestep of the chain, −1 after the last, with
+        ᾱ_{−1} = 1), in float32 from diffusers' ᾱ table, as `diffusers.DDPMScheduler.step` computes them."""
         t = int(timestep)
         prev_t = int(self.previous_timestep(t)) if prev_timestep is None else int(prev_timestep)
-        # ᾱ_t, ᾱ_{t'} and the step's β_t = 1 − ᾱ_t/ᾱ_{t'}
-        alpha_prod_t = self.alphas_cumprod[t]
         alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
-        beta_prod_t = 1 - alpha_prod_t
-        beta_prod_t_prev = 1 - alpha_prod_t_prev
-        current_alpha_t = alpha_prod_t / alpha_prod_t_prev
-        current_beta_t = 1 - current_alpha_t
-        return StepCoefficients(
-            sqrt_alpha_prod=alpha_prod_t ** (0.5),
-            sqrt_beta_prod=beta_prod_t ** (0.5),
-            # the coefficients of x_0 and x_t in μ̃_t(x_t, x_0) (eq. 7)
-            pred_original_sample_coeff=(alpha_prod_t_prev ** (0.5) * current_beta_t) / beta_prod_t,
-            current_sample_coeff=current_alpha_t ** (0.5) * beta_prod_t_prev / beta_prod_t,
-        )
+        return StepCoefficients.between(self.alphas_cumprod[t], alpha_prod_t_prev)
 
-    def posterior_mean(
-        self, coefficients: StepCoefficients, model_output: torch.Tensor, sample: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """μ_θ(x_t, t) and x̂_0 of one step from its coefficients: 0-dim host tensors (`step_coefficients`), or
-        1-element tensors on the sample's device (`StepCoefficients.select`), which keep `ddpm_hf.cuda_graphs`'
-        captured step on the GPU."""
-        c = coefficients
-        prediction_type = self.config.prediction_type
-        if prediction_type == "mean":
-            # μ_θ = the output itself (Table 2, "μ̃ prediction"); x̂_0 by solving eq. 7 for x_0
-            pred_original_sample = self._clip(
-                (model_output - c.current_sample_coeff * sample) / c.pred_original_sample_coeff
-            )
-            return model_output, pred_original_sample
-        if prediction_type == "epsilon":  # x̂_0 = (x_t − √(1−ᾱ_t) ε_θ) / √ᾱ_t   (eq. 15)
-            pred_original_sample = (sample - c.sqrt_beta_prod * model_output) / c.sqrt_alpha_prod
-        elif prediction_type == "sample":  # x̂_0 = the output
-            pred_original_sample = model_output
-        else:  # "v_prediction": x̂_0 = √ᾱ_t x_t − √(1−ᾱ_t) v  (Salimans & Ho 2022)
-            pred_original_sample = c.sqrt_alpha_prod * sample - c.sqrt_beta_prod * model_output
-        pred_original_sample = self._clip(pred_original_sample)
-        # μ_θ = μ̃_t(x_t, x̂_0)   (eq. 7 with x̂_0, equal to eq. 11 without clipping)
-        pred_prev_sample = c.pred_original_sample_coeff * pred_original_sample + c.current_sample_coeff * sample
-        return pred_prev_sample, pred_original_sample
-
-    def _noise_scale(self, t: int, prev_t: int, predicted_variance: torch.Tensor | None) -> torch.Tensor:
-        """σ_t, the factor of z in x_{t'} = μ_θ + σ_t z, from the variance `_variance` returns in its form."""
-        spread = self._variance(t, prev_t, predicted_variance)
-        variance_type = self.config.variance_type
-        if variance_type == "fixed_small_log":  # already σ_t
-            return spread
-        if variance_type in ("fixed_large_log", "learned_range"):  # log σ_t²
-            return torch.exp(0.5 * spread)
-        return spread**0.5  # σ_t²
+    def chain_coefficients(self, timesteps: int | torch.Tensor, like: torch.Tensor) -> StepCoefficients:
+        """The float64 coefficients of the T-step chain (`self.chain`) at t, cast to `like`'s dtype and device: 0-dim
+        tensors for an int t, or shaped (B, 1, 1, …) against `like` for B timesteps. The likelihood's one lookup."""
+        if self._chain_rows.device != like.device:
+            self._chain_rows = self._chain_rows.to(like.device)
+        if isinstance(timesteps, int):
+            if not 0 <= timesteps < self.config.num_train_timesteps:
+                raise ValueError(f"timesteps must lie in [0, {self.config.num_train_timesteps}), got {timesteps}.")
+            steps = self._chain_steps  # each step's 0-dim views, made once per dtype and device: the bound asks T times
+            if steps is None or steps[0].beta.dtype != like.dtype or steps[0].beta.device != like.device:
+                rows = self._chain_rows.to(like.dtype).unbind(0)
+                steps = self._chain_steps = [StepCoefficients(*row.unbind(0)) for row in rows]
+            return steps[timesteps]
+        t = timesteps.to(like.device).long().flatten()
+        rows = self._chain_rows[t].to(like.dtype).reshape(len(t), -1, *([1] * (like.ndim - 1)))
+        return StepCoefficients(*rows.unbind(1))
 
     def noise_scales(self) -> torch.Tensor:
         """σ_t of every step of the current chain, in the order of `self.timesteps` (0 for the last step to x_0, which
@@ -543,9 +543,71 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"variance_type={self.config.variance_type!r} has no σ_t before the network runs.")
         scales = []
         for t in self.timesteps.tolist():
-            prev_t = int(self.previous_timestep(t))
-            scales.append(self._noise_scale(t, prev_t, None) if t > 0 else torch.zeros(()))
+            scales.append(self.reverse_variance(self.step_coefficients(t)).std() if t > 0 else torch.zeros(()))
         return torch.stack(scales)
+
+    # ---------------------------------------------------------------------------------------------------------
+    # x̂_0, μ̃_t and σ_t², each written once: for the sampler's float32 and the likelihood's float64 coefficients
+    # ---------------------------------------------------------------------------------------------------------
+
+    def original_sample(self, c: StepCoefficients, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """x̂_0 from the network's output at x_t, unclipped, for every `prediction_type` (Table 2)."""
+        prediction_type = self.config.prediction_type
+        if prediction_type == "epsilon":  # x̂_0 = (x_t − √(1 − ᾱ_t) ε_θ) / √ᾱ_t   (eq. 15)
+            return (sample - c.sqrt_beta_prod * model_output) / c.sqrt_alpha_prod
+        if prediction_type == "sample":
+            return model_output
+        if prediction_type == "v_prediction":  # x̂_0 = √ᾱ_t x_t − √(1 − ᾱ_t) v   (Salimans & Ho 2022)
+            return c.sqrt_alpha_prod * sample - c.sqrt_beta_prod * model_output
+        # "mean": μ̃_t (eq. 7) solved for x_0
+        return (model_output - c.current_sample_coeff * sample) / c.pred_original_sample_coeff
+
+    def posterior_mean(self, c: StepCoefficients, original_sample: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """μ̃_t(x_t, x_0), the mean of q(x_{t'} | x_t, x_0)   (eq. 7)."""
+        return c.pred_original_sample_coeff * original_sample + c.current_sample_coeff * sample
+
+    def reverse_mean(
+        self, c: StepCoefficients, model_output: torch.Tensor, sample: torch.Tensor, clip: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """μ_θ(x_t, t) and x̂_0 of a network output (its mean part): μ_θ = μ̃_t(x_t, x̂_0) (eq. 7 with x̂_0, which is
+        eq. 11 for an unclipped ε-prediction), or the output itself for μ̃-prediction. `clip`: clip or threshold x̂_0
+        as configured first (sampling does; the bound does not)."""
+        pred_original_sample = self.original_sample(c, model_output, sample)
+        if clip:
+            pred_original_sample = self._clip(pred_original_sample)
+        if self.config.prediction_type == "mean":
+            return model_output, pred_original_sample
+        return self.posterior_mean(c, pred_original_sample, sample), pred_original_sample
+
+    def reverse_variance(self, c: StepCoefficients, predicted_variance: torch.Tensor | None = None) -> ReverseVariance:
+        """σ_t² of p_θ(x_{t'} | x_t) by `variance_type` (§3.2), in the form diffusers' `_get_variance` computes it."""
+        variance_type = self.config.variance_type
+        if variance_type == "fixed_small":  # σ_t² = β̃_t
+            return ReverseVariance(variance=c.posterior_variance)
+        if variance_type == "fixed_small_log":  # the same, through its logarithm
+            return ReverseVariance(log_variance=torch.log(c.posterior_variance))
+        if variance_type == "fixed_large":  # σ_t² = β_t
+            return ReverseVariance(variance=c.large_variance)
+        if variance_type == "fixed_large_log":
+            return ReverseVariance(log_variance=torch.log(c.large_variance))
+        if variance_type == "learned":  # the network's σ_t² itself (diffusers' convention)
+            return ReverseVariance(variance=predicted_variance)
+        # "learned_range": log σ_t² = v log β_t + (1 − v) log β̃_t, v = (output + 1) / 2 (Nichol & Dhariwal 2021, eq. 15)
+        frac = (predicted_variance + 1) / 2
+        return ReverseVariance(log_variance=frac * torch.log(c.beta) + (1 - frac) * torch.log(c.posterior_variance))
+
+    def reverse_gaussian(
+        self, c: StepCoefficients, model_output: torch.Tensor, sample: torch.Tensor, clip_denoised: bool = False
+    ) -> ModelPrediction:
+        """p_θ(x_{t'} | x_t) = N(μ_θ, σ_t² I) (eq. 1) of a network output (2C channels with a learned variance)."""
+        model_output, predicted_variance = self._split_variance(model_output, sample)
+        mean, pred_original_sample = self.reverse_mean(c, model_output, sample, clip_denoised)
+        log_variance = self.reverse_variance(c, predicted_variance).log()
+        return ModelPrediction(mean, torch.exp(log_variance), log_variance, pred_original_sample)
+
+    # ---------------------------------------------------------------------------------------------------------
+    # The ancestral step (Algorithm 2) and the forward process (eq. 4)
+    # ---------------------------------------------------------------------------------------------------------
 
     def step(
         self,
@@ -575,42 +637,46 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
         t = int(timestep)
         prev_t = int(self.previous_timestep(t))
         model_output, predicted_variance = self._split_variance(model_output, sample)
-        coefficients = self.step_coefficients(t, prev_t)
-        pred_prev_sample, pred_original_sample = self.posterior_mean(coefficients, model_output, sample)
 
-        # x_{t'} = μ_θ + σ_t z, z ~ N(0, I), for t > 0 (Algorithm 2, line 3-4)
+        # 1. ᾱ_t, ᾱ_{t'} and the step's coefficients (float32, as diffusers computes them)
+        c = self.step_coefficients(t, prev_t)
+        # 2-5. x̂_0 (eq. 15), clipped or thresholded; μ_θ = μ̃_t(x_t, x̂_0)   (eq. 7)
+        pred_prev_sample, pred_original_sample = self.reverse_mean(c, model_output, sample, clip=True)
+        # 6. x_{t'} = μ_θ + σ_t z, z ~ N(0, I), for t > 0   (Algorithm 2, lines 3-4)
         if t > 0:
             noise = randn_tensor(
                 model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
             )
-            pred_prev_sample = pred_prev_sample + self._noise_scale(t, prev_t, predicted_variance) * noise
+            pred_prev_sample = pred_prev_sample + self.reverse_variance(c, predicted_variance).std() * noise
 
         if not return_dict:
             return (pred_prev_sample, pred_original_sample)
         return DDPMSchedulerOutput(prev_sample=pred_prev_sample, pred_original_sample=pred_original_sample)
 
-    # ---------------------------------------------------------------------------------------------------------
-    # The forward process (eq. 4)
-    # ---------------------------------------------------------------------------------------------------------
-
     def _sqrt_alphas(self, like: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """√ᾱ_t and √(1 − ᾱ_t) shaped against `like`: from the float32 table as diffusers computes them, or from the
-        float64 table for float64 input (the precision of the likelihood computations)."""
-        shape = (-1, *([1] * (like.ndim - 1)))
+        """√ᾱ_t and √(1 − ᾱ_t) shaped against `like`: from diffusers' float32 table as diffusers computes them, or
+        from the float64 chain for float64 input (the precision of the likelihood)."""
         if like.dtype == torch.float64:
-            t = timesteps.to(like.device).long().flatten()
-            sqrt_alpha = self._q["sqrt_alphas_cumprod"].to(like.device)[t]
-            sqrt_one_minus_alpha = self._q["sqrt_one_minus_alphas_cumprod"].to(like.device)[t]
-            return sqrt_alpha.reshape(shape), sqrt_one_minus_alpha.reshape(shape)
+            c = self.chain_coefficients(timesteps, like)
+            return c.sqrt_alpha_prod, c.sqrt_beta_prod
         self.alphas_cumprod = self.alphas_cumprod.to(device=like.device)
-        alphas_cumprod = self.alphas_cumprod.to(dtype=like.dtype)[timesteps.to(like.device)].flatten()
-        return (alphas_cumprod**0.5).reshape(shape), ((1 - alphas_cumprod) ** 0.5).reshape(shape)
+        alpha_prod = self.alphas_cumprod.to(dtype=like.dtype)[timesteps.to(like.device)].flatten()
+        shape = (-1, *([1] * (like.ndim - 1)))
+        sqrt_alpha_prod, sqrt_beta_prod = sqrt_alphas(alpha_prod)
+        return sqrt_alpha_prod.reshape(shape), sqrt_beta_prod.reshape(shape)
 
     def add_noise(
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor
     ) -> torch.Tensor:
         """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, a draw from q(x_t | x_0) (eq. 4; Algorithm 1, line 5)."""
-        sqrt_alpha_prod, sqrt_one_minus_alpha_prod = self._sqrt_alphas(original_samples, timesteps)
+        return self.diffuse(self._sqrt_alphas(original_samples, timesteps), original_samples, noise)
+
+    @staticmethod
+    def diffuse(
+        sqrt_alphas: tuple[torch.Tensor, torch.Tensor], original_samples: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε   (eq. 4), given (√ᾱ_t, √(1 − ᾱ_t)) already looked up."""
+        sqrt_alpha_prod, sqrt_one_minus_alpha_prod = sqrt_alphas
         return sqrt_alpha_prod * original_samples + sqrt_one_minus_alpha_prod * noise
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor) -> torch.Tensor:
@@ -619,7 +685,7 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
         return sqrt_alpha_prod * noise - sqrt_one_minus_alpha_prod * sample
 
     # ---------------------------------------------------------------------------------------------------------
-    # The variational bound (eq. 5-13) on the full chain of T steps, batched over timesteps
+    # The likelihood on the full chain of T steps, batched over timesteps (the bound's terms: `ddpm_hf.likelihood`)
     # ---------------------------------------------------------------------------------------------------------
 
     def _check_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:
@@ -635,42 +701,19 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
         """The forward-process posterior q(x_{t−1} | x_t, x_0) = N(μ̃_t, β̃_t I) (eq. 6-7).
 
         Returns:
-            (μ̃_t(x_t, x_0), β̃_t, log β̃_t), the last two shaped (B, 1, 1, 1). log β̃_t at t = 0 (where β̃ = 0) is
-            clipped to log β̃_1, as in the paper's code.
+            (μ̃_t(x_t, x_0), β̃_t, log β̃_t), the last two shaped (B, 1, 1, 1). At t = 0, where β̃ = 0, both are the
+            decoder step's (`self.chain`): β̃ of the next step, as in the paper's code.
         """
-        t = self._check_timesteps(timesteps)
-        x_0, x_t = original_samples, noisy_samples
-        mean = (
-            _gather(self._q["posterior_mean_coef1"], t, x_t) * x_0
-            + _gather(self._q["posterior_mean_coef2"], t, x_t) * x_t
-        )
-        variance = _gather(self._q["posterior_variance"], t, x_t)
-        log_variance = _gather(self._q["posterior_log_variance_clipped"], t, x_t)
-        return mean, variance, log_variance
+        c = self.chain_coefficients(self._check_timesteps(timesteps), noisy_samples)
+        mean = self.posterior_mean(c, original_samples, noisy_samples)
+        return mean, c.posterior_variance, torch.log(c.posterior_variance)
 
     def predict_original_sample(
         self, model_output: torch.Tensor, noisy_samples: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
         """x̂_0 from the model output for a batch of timesteps, unclipped, for every `prediction_type` (Table 2)."""
-        t = self._check_timesteps(timesteps)
-        x_t = noisy_samples
-        prediction_type = self.config.prediction_type
-        if prediction_type == "epsilon":  # x_0 = x_t/√ᾱ_t − √(1/ᾱ_t − 1) ε   (eq. 4)
-            return (
-                _gather(self._q["sqrt_recip_alphas_cumprod"], t, x_t) * x_t
-                - _gather(self._q["sqrt_recipm1_alphas_cumprod"], t, x_t) * model_output
-            )
-        if prediction_type == "sample":
-            return model_output
-        if prediction_type == "v_prediction":  # x_0 = √ᾱ_t x_t − √(1−ᾱ_t) v
-            return (
-                _gather(self._q["sqrt_alphas_cumprod"], t, x_t) * x_t
-                - _gather(self._q["sqrt_one_minus_alphas_cumprod"], t, x_t) * model_output
-            )
-        # "mean": x_0 = (μ̃ − coef2 · x_t) / coef1   (eq. 7 solved for x_0)
-        return (model_output - _gather(self._q["posterior_mean_coef2"], t, x_t) * x_t) / _gather(
-            self._q["posterior_mean_coef1"], t, x_t
-        )
+        c = self.chain_coefficients(self._check_timesteps(timesteps), noisy_samples)
+        return self.original_sample(c, model_output, noisy_samples)
 
     def p_mean_variance(
         self,
@@ -682,8 +725,8 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
         """The reverse-process Gaussian p_θ(x_{t−1} | x_t) = N(μ_θ, σ_t² I) of a model output (eq. 1).
 
         μ_θ is μ̃_t(x_t, x̂_0) for ε-, x_0- and v-prediction (eq. 11 is the ε case) and the output itself for
-        μ̃-prediction. σ_t² follows `variance_type`: β̃_t ("fixed_small*", log clipped at t = 0), β_t
-        ("fixed_large*", with β̃_1 at t = 0 as in the paper's code), or the model's (learned variants).
+        μ̃-prediction. σ_t² follows `variance_type`: β̃_t ("fixed_small*"), β_t ("fixed_large*"), both with the
+        decoder step's σ_1² at t = 0 (see `self.chain`), or the model's (learned variants).
 
         Args:
             model_output: the network output for x_t at `timesteps` (2C channels with a learned variance).
@@ -692,32 +735,8 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
             clip_denoised: clip or threshold x̂_0 as configured before forming μ_θ (what sampling does);
                 the bound is evaluated without it.
         """
-        t = self._check_timesteps(timesteps)
-        x_t = noisy_samples
-        model_output, predicted_variance = self._split_variance(model_output, x_t)
-
-        variance_type = self.config.variance_type
-        if variance_type in ("fixed_small", "fixed_small_log"):
-            log_variance = _gather(self._q["posterior_log_variance_clipped"], t, x_t)
-        elif variance_type in ("fixed_large", "fixed_large_log"):
-            log_variance = _gather(self._q["large_log_variance"], t, x_t)
-        elif variance_type == "learned":  # diffusers' convention: the model outputs σ_t² itself
-            log_variance = torch.log(predicted_variance.clamp(min=1e-20))
-        else:  # "learned_range" (Nichol & Dhariwal 2021, eq. 15)
-            frac = (predicted_variance + 1) / 2
-            min_log = _gather(self._q["posterior_log_variance_clipped"], t, x_t)
-            max_log = _gather(self._q["log_betas"], t, x_t)
-            log_variance = frac * max_log + (1 - frac) * min_log
-        variance = torch.exp(log_variance)
-
-        pred_original_sample = self.predict_original_sample(model_output, x_t, t)
-        if clip_denoised:
-            pred_original_sample = self._clip(pred_original_sample)
-        if self.config.prediction_type == "mean":
-            mean = model_output
-        else:
-            mean, _, _ = self.q_posterior(pred_original_sample, x_t, t)
-        return ModelPrediction(mean, variance, log_variance, pred_original_sample)
+        c = self.chain_coefficients(self._check_timesteps(timesteps), noisy_samples)
+        return self.reverse_gaussian(c, model_output, noisy_samples, clip_denoised)
 
     def vlb_terms(
         self,
@@ -726,47 +745,18 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
         noisy_samples: torch.Tensor,
         timesteps: torch.Tensor,
     ) -> torch.Tensor:
-        """One term of the variational bound per image, in bits per dimension (eq. 5).
-
-        L_{t−1} = D_KL(q(x_{t−1} | x_t, x_0) || p_θ(x_{t−1} | x_t)) for t > 0 (paper index t > 1), and the decoder
-        term L_0 = −log p_θ(x_0 | x_1) of eq. 13 for t = 0. `original_samples` must lie on the 8-bit grid in
-        [−1, 1] for L_0 to be a likelihood.
-
-        Returns:
-            A tensor of shape (B,): the term divided by the number of dimensions and by log 2.
-        """
-        t = self._check_timesteps(timesteps)
-        x_0, x_t = original_samples, noisy_samples
-        true_mean, _, true_log_variance = self.q_posterior(x_0, x_t, t)
-        model = self.p_mean_variance(model_output, x_t, t)
-        kl = normal_kl(true_mean, true_log_variance, model.mean, model.log_variance)
-        decoder_nll = -discretized_gaussian_log_likelihood(x_0, means=model.mean, log_scales=0.5 * model.log_variance)
-        is_decoder = (t == 0).to(x_t.device).reshape(-1, *([1] * (x_t.ndim - 1)))
-        terms = torch.where(is_decoder, decoder_nll, kl)
-        return terms.flatten(1).mean(dim=1) / NATS_PER_BIT
+        """L_{t−1} per image in bits/dim, or L_0 where t = 0 (eq. 5, 13): `ddpm_hf.likelihood.vlb_terms`."""
+        return likelihood.vlb_terms(self, model_output, original_samples, noisy_samples, timesteps)
 
     def prior_bpd(self, original_samples: torch.Tensor) -> torch.Tensor:
-        """The prior term L_T = D_KL(q(x_T | x_0) || N(0, I)) per image, in bits per dimension (eq. 5)."""
-        x_0 = original_samples
-        t = torch.full((x_0.shape[0],), self.config.num_train_timesteps - 1, dtype=torch.long)
-        mean = _gather(self._q["sqrt_alphas_cumprod"], t, x_0) * x_0
-        log_variance = _gather(self._q["log_one_minus_alphas_cumprod"], t, x_0)
-        kl = normal_kl(mean, log_variance, torch.zeros_like(mean), torch.zeros_like(mean))
-        return kl.flatten(1).mean(dim=1) / NATS_PER_BIT
+        """L_T per image in bits/dim (eq. 5): `ddpm_hf.likelihood.prior_bpd`."""
+        return likelihood.prior_bpd(self, original_samples)
 
     def training_target(
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
-        """What the network regresses onto: ε (eq. 14), x_0, v, or μ̃_t(x_t, x_0) (Table 2), by `prediction_type`."""
-        prediction_type = self.config.prediction_type
-        if prediction_type == "epsilon":
-            return noise
-        if prediction_type == "sample":
-            return original_samples
-        if prediction_type == "v_prediction":
-            return self.get_velocity(original_samples, noise, timesteps)
-        noisy = self.add_noise(original_samples, noise, timesteps)
-        return self.q_posterior(original_samples, noisy, timesteps)[0]
+        """What the network regresses onto (Table 2): `ddpm_hf.likelihood.training_target`."""
+        return likelihood.training_target(self, original_samples, noise, timesteps)
 
     def training_loss(
         self,
@@ -776,22 +766,5 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
         timesteps: torch.Tensor,
         loss_type: Literal["simple", "vlb"] = "simple",
     ) -> torch.Tensor:
-        """The per-image training loss of Table 2, for x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε.
-
-        * "simple": the unweighted mean squared error between the output and `training_target` — L_simple of
-          eq. 14 for ε-prediction, the "unweighted MSE" rows of Table 2 for the others. With a learned variance
-          only the mean part is regressed.
-        * "vlb": the true variational bound term L_{t−1} of `vlb_terms` in bits/dim (the "L" rows of Table 2);
-          with t uniform over T steps, T · E_t[loss] + L_T is the bound.
-
-        Returns:
-            A tensor of shape (B,).
-        """
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"Unknown loss_type {loss_type!r}; choose one of {list(LOSS_TYPES)}.")
-        x_t = self.add_noise(original_samples, noise, timesteps)
-        if loss_type == "vlb":
-            return self.vlb_terms(model_output, original_samples, x_t, timesteps)
-        mean_output, _ = self._split_variance(model_output, x_t)
-        target = self.training_target(original_samples, noise, timesteps)
-        return (mean_output - target).pow(2).flatten(1).mean(dim=1)
+        """The per-image loss L_simple (eq. 14) or L_vlb (Table 2): `ddpm_hf.likelihood.training_loss`."""
+        return likelihood.training_loss(self, model_output, original_samples, noise, timesteps, loss_type)

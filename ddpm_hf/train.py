@@ -26,6 +26,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,7 +57,7 @@ from .output_folder import OutputFolderError, OutputFolderLock, claim_output_fol
 from .pipeline import DDPMPipeline
 from .plots import save_image_grid, save_loss_curve
 from .scheduler import DDPMScheduler
-from .seeding import stream_seed
+from .seeding import Stream, stream_seed
 from .training_config import TrainingConfig, parse_training_config
 
 T_ = TypeVar("T_")
@@ -237,284 +238,376 @@ def train(config: TrainingConfig) -> dict[str, Any]:
             lock.release()
 
 
+@dataclass
+class GlobalBatch:
+    """One optimizer step's global batch of Algorithm 1: dataset rows, flips, t ~ Uniform and ε ~ N(0, I).
+
+    Drawn from the stream (seed, step) alone, the same on every process, so that the batch does not depend on the
+    number of processes: each process takes its slice (`part`)."""
+
+    rows: torch.Tensor
+    flips: torch.Tensor | None
+    timesteps: torch.Tensor
+    noise: torch.Tensor
+
+    def part(self, where: slice) -> GlobalBatch:
+        return GlobalBatch(
+            self.rows[where], None if self.flips is None else self.flips[where], self.timesteps[where],
+            self.noise[where],
+        )  # fmt: skip
+
+
+def draw_global_batch(config: TrainingConfig, num_images: int, shape: tuple[int, int, int], step: int,
+                      device: torch.device) -> GlobalBatch:  # fmt: skip
+    """The global batch of optimizer step `step` (0-based) of a run of `config` over `num_images` images of `shape`."""
+    B, T = config.train_batch_size, config.num_train_timesteps
+    generator = torch.Generator(device).manual_seed(stream_seed(config.seed, Stream.BATCH, step))
+    rows = global_batch_indices(num_images, B, config.seed, step)
+    flips = torch.rand(B, generator=generator, device=device) < 0.5 if config.random_flip else None
+    timesteps = torch.randint(0, T, (B,), generator=generator, device=device)  # t ~ Uniform({1, …, T})
+    noise = torch.randn((B, *shape), generator=generator, device=device)  # ε ~ N(0, I)
+    return GlobalBatch(rows, flips, timesteps, noise)
+
+
+def _due(done: int, every: int | None, last: int) -> bool:
+    return every is not None and (done % every == 0 or done == last)
+
+
 def _train(config: TrainingConfig, accelerator: Accelerator, fast: Speedups) -> dict[str, Any]:
     """`train`'s body, under the run's Accelerator and TF32 setting, with the speed-ups `fast` resolved."""
-    started = time.time()
-    output_dir = Path(config.output_dir)
-    device, rank, num_processes = accelerator.device, accelerator.process_index, accelerator.num_processes
-    is_main = accelerator.is_main_process
-    if config.push_to_hub:  # a push that cannot happen fails now, not after training
-        private = config.hub_private or None
-        _on_main_process(
-            accelerator, lambda: check_can_push(config.hub_repo_id, private=private), (ValueError, HubError)
+    run = _Trainer(config, accelerator, fast)
+    progress = tqdm(total=config.max_train_steps, initial=run.start_step, desc="Training",
+                    disable=not accelerator.is_main_process, unit="step")  # fmt: skip
+    for step in range(run.start_step, config.max_train_steps):
+        batch = draw_global_batch(config, run.num_images, run.image_shape, step, accelerator.device)
+        run.optimizer_step(step, batch)
+        done = step + 1
+        progress.update(1)
+        if _due(done, config.logging_steps, config.max_train_steps):
+            progress.set_postfix(run.log(done))
+        if _due(done, config.checkpointing_steps, config.max_train_steps):
+            run.save_checkpoint(done)
+        if _due(done, config.sample_steps, config.max_train_steps) and accelerator.is_main_process:
+            run.sample_grid(done)
+        if _due(done, config.fid_steps, config.max_train_steps):
+            run.measure_fid(done)
+    progress.close()
+    return run.finish()
+
+
+class _Trainer:
+    """A training run: what it builds before the first step, one optimizer step, and its periodic work."""
+
+    def __init__(self, config: TrainingConfig, accelerator: Accelerator, fast: Speedups):
+        self.config, self.accelerator, self.fast = config, accelerator, fast
+        self.started = time.time()
+        self.output_dir = Path(config.output_dir)
+        self.checkpoints_dir = self.output_dir / "checkpoints"
+        self.metrics_path = self.output_dir / "metrics.jsonl"
+        self.is_main = accelerator.is_main_process
+        if config.push_to_hub:  # a push that cannot happen fails now, not after training
+            private = config.hub_private or None
+            _on_main_process(
+                accelerator, lambda: check_can_push(config.hub_repo_id, private=private), (ValueError, HubError)
+            )
+        # B global = A micro-steps × P processes × b images
+        B, A, P = config.train_batch_size, config.gradient_accumulation_steps, accelerator.num_processes
+        if B % (A * P):
+            raise ValueError(
+                f"train_batch_size={B} must be divisible by gradient_accumulation_steps × processes = {A} × {P}."
+            )
+        self.micro_batch = B // (A * P)
+        checkpoint = self._build_network()  # the network, the forward process and the checkpoint to resume
+        self._load_data()  # bad data fails here, before any training
+        self._build_optimizer(checkpoint)
+        self._start_logs()
+        # Non-finite losses are tracked on the device (no host synchronisation per step) and checked before
+        # anything is logged or saved.
+        self.first_bad_step = torch.tensor(-1, device=accelerator.device)
+        self.window_loss, self.window_steps, self.window_start = (
+            torch.zeros((), device=accelerator.device),
+            0,
+            time.time(),
         )
+        self.loss_value = self.grad_norm = self.learning_rate = float("nan")
+        self._prepare_fid()
+        # The EMA network as a pipeline with the run's speed-ups, for grids, FIDs and the result: built once, so that
+        # its compiled network and CUDA graph are kept between uses (both read the EMA weights, updated in place).
+        self.ema_pipeline = DDPMPipeline(unet=self.ema.model, scheduler=build_scheduler(config)).enable_speedups(fast)
 
-    # ---- Batch arithmetic: B global = A micro-steps × P processes × b images --------------------------------------
-    B, A = config.train_batch_size, config.gradient_accumulation_steps
-    if B % (A * num_processes):
-        raise ValueError(
-            f"train_batch_size={B} must be divisible by gradient_accumulation_steps × processes = {A} × "
-            f"{num_processes}."
-        )
-    micro_batch = B // (A * num_processes)
+    # ---- Before the first step -------------------------------------------------------------------------------------
 
-    # ---- The network, the forward process, the checkpoint to resume and the data (all checked before training) ----
-    torch.manual_seed(stream_seed(config.seed, 0))  # the initial weights
-    unet = build_unet(config)
-    scheduler = build_scheduler(config)
-    resolution, channels = unet.config.sample_size, unet.config.in_channels
-    checkpoints_dir = output_dir / "checkpoints"
-    resume_from = _resume_from(config)
-    checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
-    if checkpoint is not None:
-        _check_resumable(config, checkpoint, resume_from)
-        try:
-            unet.load_state_dict(checkpoint.model)
-        except RuntimeError as error:
-            reason = str(error).splitlines()[0]
-            raise ValueError(f"Checkpoint {resume_from} does not fit the run's UNet: {reason}") from None
-    start_step = 0 if checkpoint is None else checkpoint.step
-    if is_main:
-        _warn_if_grids_dominate(config, start_step)
-    data = load_training_images(
-        config.dataset, config.split, config.image_column, resolution, channels,
-        center_crop=config.center_crop, cache_dir=config.cache_dir, show_progress=is_main,
-    )  # fmt: skip
-    images = data.images
-    if device.type == "cuda" and images.numel() < 2**31:  # small datasets live on the GPU: the loader never starves it
-        images = images.to(device)
-    num_images = len(images)
+    def _build_network(self) -> Checkpoint | None:
+        config = self.config
+        torch.manual_seed(stream_seed(config.seed, Stream.INITIAL_WEIGHTS))
+        self.unet = build_unet(config)
+        self.scheduler = build_scheduler(config)
+        self.image_shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
+        resume_from = _resume_from(config)
+        checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
+        if checkpoint is not None:
+            _check_resumable(config, checkpoint, resume_from)
+            try:
+                self.unet.load_state_dict(checkpoint.model)
+            except RuntimeError as error:
+                reason = str(error).splitlines()[0]
+                raise ValueError(f"Checkpoint {resume_from} does not fit the run's UNet: {reason}") from None
+        self.start_step = 0 if checkpoint is None else checkpoint.step
+        if self.is_main:
+            _warn_if_grids_dominate(config, self.start_step)
+        return checkpoint
 
-    # ---- Optimizer (Adam, as the paper), schedule, EMA ------------------------------------------------------------
-    unet.to(device, memory_format=torch.channels_last if fast.channels_last else torch.contiguous_format)
-    ema = ExponentialMovingAverage(unet, config.ema_decay, config.ema_warmup)
-    optimizer = torch.optim.AdamW(
-        unet.parameters(),
-        lr=config.learning_rate,
-        betas=(config.adam_beta1, config.adam_beta2),
-        eps=config.adam_epsilon,
-        weight_decay=config.weight_decay,
-        fused=device.type == "cuda",
-    )
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(config, step))
-    model, optimizer = accelerator.prepare(unet, optimizer)  # the model: `unet` itself, or DDP around it
-    forward = torch.compile(model) if fast.compile else model  # `unet` keeps the weights: EMA, checkpoints use it
-    if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint.optimizer)
-        lr_schedule.load_state_dict(checkpoint.state.lr_schedule)
-        ema.load_state_dict(checkpoint.ema, checkpoint.state.ema_updates)
-        if accelerator.scaler is not None and checkpoint.state.grad_scaler:
-            accelerator.scaler.load_state_dict(checkpoint.state.grad_scaler)
-
-    metrics_path = output_dir / "metrics.jsonl"
-    if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        kept = _read_metrics(metrics_path, up_to_step=start_step)  # drop what an interrupted run logged after it
-        metrics_path.write_text("".join(_json_line(row) for row in kept))
-    if config.report_to != "none":
-        accelerator.init_trackers("ddpm-hf", config={k: str(v) for k, v in config.to_dict().items()})
-
-    # ---- FID during training: the extractor and the reference statistics (cached) before the first step -----------
-    best_fid_path, best_fid = output_dir / "best_fid.json", {"fid": float("inf")}
-    if config.fid_steps is not None:
-        inception = load_inception(config.inception_weights, device=device)
-        reference = reference_statistics(
-            config.dataset, config.split, resolution, channels, inception, accelerator, config.image_column
-        )
-        if best_fid_path.is_file():
-            best_fid = json.loads(best_fid_path.read_text())
-
-    # The EMA network as a pipeline with the run's speed-ups, for grids, FIDs and the result: built once, so that its
-    # compiled network and CUDA graph are kept between uses (both read the EMA weights, updated in place).
-    ema_pipeline = DDPMPipeline(unet=ema.model, scheduler=build_scheduler(config)).enable_speedups(fast)
-
-    def measure_fid(step: int) -> None:
-        """FID of `fid_num_samples` EMA samples (spread over the processes); keep the EMA pipeline if it is the best."""
-        steps = config.fid_inference_steps or T
-        ema_pipeline.set_progress_bar_config(desc=f"FID samples at step {step}", leave=False, disable=not is_main)
-        features = sample_features(
-            ema_pipeline, inception, config.fid_num_samples, accelerator, seed=config.seed,
-            batch_size=config.fid_batch_size, num_inference_steps=steps, respace=steps < T,
+    def _load_data(self) -> None:
+        config, (channels, resolution, _) = self.config, self.image_shape
+        self.data = load_training_images(
+            config.dataset, config.split, config.image_column, resolution, channels,
+            center_crop=config.center_crop, cache_dir=config.cache_dir, show_progress=self.is_main,
         )  # fmt: skip
-        if not is_main:
-            return
-        fid = frechet_distance(*feature_statistics(features), reference.mu, reference.sigma)
+        self.images = self.data.images
+        if self.accelerator.device.type == "cuda" and self.images.numel() < 2**31:
+            self.images = self.images.to(self.accelerator.device)  # small datasets live on the GPU: never starved
+        self.num_images = len(self.images)
+
+    def _build_optimizer(self, checkpoint: Checkpoint | None) -> None:
+        """Adam, as the paper (AdamW with weight decay 0), its learning-rate schedule and the EMA of the weights."""
+        config, device = self.config, self.accelerator.device
+        self.unet.to(device, memory_format=torch.channels_last if self.fast.channels_last else torch.contiguous_format)
+        self.ema = ExponentialMovingAverage(self.unet, config.ema_decay, config.ema_warmup)
+        optimizer = torch.optim.AdamW(
+            self.unet.parameters(),
+            lr=config.learning_rate,
+            betas=(config.adam_beta1, config.adam_beta2),
+            eps=config.adam_epsilon,
+            weight_decay=config.weight_decay,
+            fused=device.type == "cuda",
+        )
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(config, s))
+        self.model, self.optimizer = self.accelerator.prepare(self.unet, optimizer)  # `unet` itself, or DDP around it
+        # `unet` keeps the weights: the EMA, checkpoints and the replica check read it, never the compiled wrapper
+        self.forward = torch.compile(self.model) if self.fast.compile else self.model
+        if checkpoint is not None:
+            self.optimizer.load_state_dict(checkpoint.optimizer)
+            self.lr_schedule.load_state_dict(checkpoint.state.lr_schedule)
+            self.ema.load_state_dict(checkpoint.ema, checkpoint.state.ema_updates)
+            if self.accelerator.scaler is not None and checkpoint.state.grad_scaler:
+                self.accelerator.scaler.load_state_dict(checkpoint.state.grad_scaler)
+
+    def _start_logs(self) -> None:
+        config = self.config
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            kept = _read_metrics(self.metrics_path, up_to_step=self.start_step)  # drop what a killed run logged after
+            self.metrics_path.write_text("".join(_json_line(row) for row in kept))
         if config.report_to != "none":
-            accelerator.log({"fid": fid}, step=step)
-        with metrics_path.open("a") as handle:
-            handle.write(_json_line({"step": step, "fid": fid, "fid_num_samples": config.fid_num_samples}))
-        tqdm.write(f"step {step}: FID {fid:.3f} ({config.fid_num_samples} samples)", file=sys.stderr)
-        if fid < best_fid["fid"]:
-            best = output_dir / "best_pipeline"
-            temporary = output_dir / ".best_pipeline.tmp"
-            shutil.rmtree(temporary, ignore_errors=True)
-            ema_pipeline.save_pretrained(temporary)
-            replace_folder(temporary, best)
-            best_fid.update(step=step, fid=fid, num_samples=config.fid_num_samples, num_inference_steps=steps)
-            best_fid_path.write_text(json.dumps(best_fid, indent=2) + "\n")
+            self.accelerator.init_trackers("ddpm-hf", config={k: str(v) for k, v in config.to_dict().items()})
 
-    def sample_grid(step: int) -> None:
-        """Draw `num_sample_images` from the EMA network and save a grid (main process only)."""
-        generators = [torch.Generator(device).manual_seed(config.seed + i) for i in range(config.num_sample_images)]
-        steps = config.sample_inference_steps or config.num_train_timesteps
-        ema_pipeline.set_progress_bar_config(desc=f"Sample grid at step {step}", leave=False)
-        samples = ema_pipeline(config.num_sample_images, generator=generators, num_inference_steps=steps).images
-        grid = save_image_grid(samples, output_dir / "samples" / f"step-{step:07d}.png")
-        grid.save(output_dir / "samples.png")
-        if config.report_to in ("tensorboard", "all"):
-            writer = accelerator.get_tracker("tensorboard", unwrap=True)
-            writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+    def _prepare_fid(self) -> None:
+        """FID during training: the extractor and the reference statistics (cached) before the first step."""
+        config = self.config
+        self.best_fid_path, self.best_fid = self.output_dir / "best_fid.json", {"fid": float("inf")}
+        if config.fid_steps is None:
+            return
+        channels, resolution, _ = self.image_shape
+        self.inception = load_inception(config.inception_weights, device=self.accelerator.device)
+        self.reference = reference_statistics(
+            config.dataset, config.split, resolution, channels, self.inception, self.accelerator, config.image_column
+        )
+        if self.best_fid_path.is_file():
+            self.best_fid = json.loads(self.best_fid_path.read_text())
 
-    # Non-finite losses are tracked on the device (no host synchronisation per step) and checked before anything
-    # is logged or saved.
-    first_bad_step = torch.tensor(-1, device=device)
+    # ---- One optimizer step: Algorithm 1, lines 2-5 -------------------------------------------------------------
 
-    def check_finite() -> None:
-        bad = accelerator.gather(first_bad_step.reshape(1))
+    def optimizer_step(self, step: int, batch: GlobalBatch) -> None:
+        config, accelerator, device = self.config, self.accelerator, self.accelerator.device
+        B, A, b, rank = (
+            config.train_batch_size,
+            config.gradient_accumulation_steps,
+            self.micro_batch,
+            accelerator.process_index,
+        )
+        self.model.train()
+        torch.manual_seed(stream_seed(config.seed, Stream.DROPOUT, step, rank))
+        step_loss = torch.zeros((), device=device)
+        for micro_step in range(A):
+            mine = batch.part(slice(micro_step * (B // A) + rank * b, micro_step * (B // A) + (rank + 1) * b))
+            rows = mine.rows.pin_memory().to(device, non_blocking=True) if self.images.is_cuda else mine.rows
+            x_0 = to_model_input(self.images[rows].to(device, non_blocking=True), mine.flips)  # x_0 ~ q(x_0)
+            x_t = self.scheduler.add_noise(x_0, mine.noise, mine.timesteps)  # √ᾱ_t x_0 + √(1 − ᾱ_t) ε   (eq. 4)
+            if self.fast.channels_last:
+                x_t = x_t.contiguous(memory_format=torch.channels_last)
+            sync = micro_step == A - 1  # gradients are averaged over processes once per optimizer step
+            with contextlib.nullcontext() if sync else accelerator.no_sync(self.model):
+                model_output = self.forward(x_t, mine.timesteps).sample  # ε_θ(x_t, t)
+                loss = self.scheduler.training_loss(
+                    model_output.float(), x_0, mine.noise, mine.timesteps, config.loss_type
+                ).mean()  # ‖ε − ε_θ‖² (eq. 14), or the bound's term
+                accelerator.backward(loss / A)
+            step_loss += loss.detach() / A
+        self.grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm or float("inf"))
+        self.learning_rate = self.lr_schedule.get_last_lr()[0]  # the rate of this step
+        self.optimizer.step()
+        self.lr_schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.unet)
+        self.first_bad_step = torch.where(
+            (self.first_bad_step < 0) & ~torch.isfinite(step_loss), step, self.first_bad_step
+        )
+        self.window_loss += step_loss
+        self.window_steps += 1
+
+    # ---- Periodic work -------------------------------------------------------------------------------------------
+
+    def check_finite(self) -> None:
+        bad = self.accelerator.gather(self.first_bad_step.reshape(1))
         bad = bad[bad >= 0]
         if bad.numel():
             raise NonFiniteLossError(
                 f"The loss became non-finite at step {int(bad.min()) + 1}; the run stopped and saved nothing after "
-                f"it. Resume from the last checkpoint in {checkpoints_dir} with a lower --learning-rate, or without "
-                "fp16 (--mixed-precision bf16 or no)."
+                f"it. Resume from the last checkpoint in {self.checkpoints_dir} with a lower --learning-rate, or "
+                "without fp16 (--mixed-precision bf16 or no)."
             )
 
-    def replica_spread() -> float:
+    def replica_spread(self) -> float:
         """The largest difference between processes of a fingerprint of the weights (0: in sync)."""
-        parameters = list(unet.parameters())
+        parameters = list(self.unet.parameters())
         fingerprint = torch.stack(
             [
                 sum(p.detach().double().sum() for p in parameters),
                 sum(p.detach().double().square().sum() for p in parameters),
             ]
         )
-        everyone = accelerator.gather(fingerprint.reshape(1, 2))
+        everyone = self.accelerator.gather(fingerprint.reshape(1, 2))
         return float((everyone - everyone[0]).abs().max())
 
-    # ---- The training loop (Algorithm 1) --------------------------------------------------------------------------
-    T = config.num_train_timesteps
-    window_loss, window_steps, window_start = torch.zeros((), device=device), 0, time.time()
-    loss_value = float("nan")
-    progress = tqdm(total=config.max_train_steps, initial=start_step, desc="Training", disable=not is_main, unit="step")
-    for step in range(start_step, config.max_train_steps):
-        model.train()
-        # One random stream per optimizer step, the same on every process: the global batch's rows, flips,
-        # timesteps and noise do not depend on the number of processes.
-        generator = torch.Generator(device).manual_seed(stream_seed(config.seed, 1, step))
-        rows = global_batch_indices(num_images, B, config.seed, step)
-        rows = rows.pin_memory().to(images.device, non_blocking=True) if images.is_cuda else rows
-        flips = torch.rand(B, generator=generator, device=device) < 0.5 if config.random_flip else None
-        timesteps = torch.randint(0, T, (B,), generator=generator, device=device)  # t ~ Uniform({1, …, T})
-        noise = torch.randn((B, channels, resolution, resolution), generator=generator, device=device)  # ε ~ N(0, I)
-        torch.manual_seed(stream_seed(config.seed, 2, step, rank))  # dropout
+    def log(self, done: int) -> dict[str, str]:
+        """Write the logging window's mean loss and the step's rates to the tracker and metrics.jsonl; return the
+        progress bar's summary."""
+        self.check_finite()
+        accelerator, B = self.accelerator, self.config.train_batch_size
+        self.loss_value = float(accelerator.reduce(self.window_loss, "mean")) / self.window_steps
+        row = {
+            "step": done,
+            "loss": self.loss_value,
+            "lr": self.learning_rate,
+            "grad_norm": float(self.grad_norm),
+            "images_per_second": self.window_steps * B / max(time.time() - self.window_start, 1e-9),
+            "epoch": done * B / self.num_images,
+            "replica_spread": self.replica_spread() if accelerator.num_processes > 1 else 0.0,
+        }
+        if self.config.report_to != "none":
+            accelerator.log({k: v for k, v in row.items() if k != "step"}, step=done)
+        if self.is_main:
+            with self.metrics_path.open("a") as handle:
+                handle.write(_json_line(row))
+        self.window_loss.zero_()
+        self.window_steps, self.window_start = 0, time.time()
+        return {"loss": f"{self.loss_value:.4f}", "lr": f"{self.learning_rate:.2e}"}
 
-        step_loss = torch.zeros((), device=device)
-        for micro_step in range(A):
-            mine = slice(micro_step * (B // A) + rank * micro_batch, micro_step * (B // A) + (rank + 1) * micro_batch)
-            x_0 = to_model_input(
-                images[rows[mine]].to(device, non_blocking=True), None if flips is None else flips[mine]
+    def save_checkpoint(self, done: int) -> None:
+        self.check_finite()
+        if self.is_main:
+            state = TrainingState(
+                step=done,
+                config=self.config.to_dict(),
+                lr_schedule=self.lr_schedule.state_dict(),
+                ema_updates=self.ema.num_updates,
+                grad_scaler=self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None,
+                images_seen=done * self.config.train_batch_size,
             )
-            t, eps = timesteps[mine], noise[mine]
-            x_t = scheduler.add_noise(x_0, eps, t)  # x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε   (eq. 4)
-            if fast.channels_last:
-                x_t = x_t.contiguous(memory_format=torch.channels_last)
-            sync = micro_step == A - 1  # gradients are averaged over processes once per optimizer step
-            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                model_output = forward(x_t, t).sample  # ε_θ(x_t, t)
-                loss = scheduler.training_loss(model_output.float(), x_0, eps, t, config.loss_type).mean()  # eq. 14
-                accelerator.backward(loss / A)
-            step_loss += loss.detach() / A
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf"))
-        learning_rate = lr_schedule.get_last_lr()[0]  # the rate of this step
-        optimizer.step()
-        lr_schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(unet)
+            weights = self.unet.state_dict(), self.ema.state_dict(), self.optimizer.state_dict()
+            save_checkpoint(self.checkpoints_dir, *weights, state)
+            if self.config.checkpoints_total_limit is not None:
+                prune_checkpoints(self.checkpoints_dir, self.config.checkpoints_total_limit)
+            tqdm.write(f"saved checkpoint at step {done}", file=sys.stderr)
+        self.accelerator.wait_for_everyone()
 
-        first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(step_loss), step, first_bad_step)
-        window_loss += step_loss
-        window_steps += 1
-        done = step + 1
-        progress.update(1)
+    def sample_grid(self, done: int) -> None:
+        """Draw `num_sample_images` from the EMA network and save a grid (main process only)."""
+        config, device = self.config, self.accelerator.device
+        generators = [torch.Generator(device).manual_seed(config.seed + i) for i in range(config.num_sample_images)]
+        steps = config.sample_inference_steps or config.num_train_timesteps
+        self.ema_pipeline.set_progress_bar_config(desc=f"Sample grid at step {done}", leave=False)
+        samples = self.ema_pipeline(config.num_sample_images, generator=generators, num_inference_steps=steps).images
+        grid = save_image_grid(samples, self.output_dir / "samples" / f"step-{done:07d}.png")
+        grid.save(self.output_dir / "samples.png")
+        if config.report_to in ("tensorboard", "all"):
+            writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
+            writer.add_image("samples", np.asarray(grid), done, dataformats="HWC")
 
-        if done % config.logging_steps == 0 or done == config.max_train_steps:
-            check_finite()
-            loss_value = float(accelerator.reduce(window_loss, "mean")) / window_steps
-            elapsed = time.time() - window_start
-            row = {
-                "step": done,
-                "loss": loss_value,
-                "lr": learning_rate,
-                "grad_norm": float(grad_norm),
-                "images_per_second": window_steps * B / max(elapsed, 1e-9),
-                "epoch": done * B / num_images,
-                "replica_spread": replica_spread() if num_processes > 1 else 0.0,
-            }
+    def measure_fid(self, done: int) -> None:
+        """FID of `fid_num_samples` EMA samples (spread over the processes); keep the EMA pipeline if it is the best."""
+        config, T = self.config, self.config.num_train_timesteps
+        steps = config.fid_inference_steps or T
+        self.ema_pipeline.set_progress_bar_config(desc=f"FID samples at step {done}", leave=False,
+                                                  disable=not self.is_main)  # fmt: skip
+        features = sample_features(
+            self.ema_pipeline, self.inception, config.fid_num_samples, self.accelerator, seed=config.seed,
+            batch_size=config.fid_batch_size, num_inference_steps=steps, respace=steps < T,
+        )  # fmt: skip
+        if self.is_main:
+            fid = frechet_distance(*feature_statistics(features), self.reference.mu, self.reference.sigma)
             if config.report_to != "none":
-                accelerator.log({k: v for k, v in row.items() if k != "step"}, step=done)
-            if is_main:
-                with metrics_path.open("a") as handle:
-                    handle.write(_json_line(row))
-                progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{row['lr']:.2e}")
-            window_loss.zero_()
-            window_steps, window_start = 0, time.time()
+                self.accelerator.log({"fid": fid}, step=done)
+            with self.metrics_path.open("a") as handle:
+                handle.write(_json_line({"step": done, "fid": fid, "fid_num_samples": config.fid_num_samples}))
+            tqdm.write(f"step {done}: FID {fid:.3f} ({config.fid_num_samples} samples)", file=sys.stderr)
+            if fid < self.best_fid["fid"]:
+                self._keep_best(done, fid, steps)
+        self.accelerator.wait_for_everyone()
 
-        if done % config.checkpointing_steps == 0 or done == config.max_train_steps:
-            check_finite()
-            if is_main:
-                state = TrainingState(
-                    step=done,
-                    config=config.to_dict(),
-                    lr_schedule=lr_schedule.state_dict(),
-                    ema_updates=ema.num_updates,
-                    grad_scaler=accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                    images_seen=done * B,
-                )
-                save_checkpoint(checkpoints_dir, unet.state_dict(), ema.state_dict(), optimizer.state_dict(), state)
-                if config.checkpoints_total_limit is not None:
-                    prune_checkpoints(checkpoints_dir, config.checkpoints_total_limit)
-                tqdm.write(f"saved checkpoint at step {done}", file=sys.stderr)
-            accelerator.wait_for_everyone()
-
-        if is_main and (done % config.sample_steps == 0 or done == config.max_train_steps):
-            sample_grid(done)
-        if config.fid_steps is not None and (done % config.fid_steps == 0 or done == config.max_train_steps):
-            measure_fid(done)
-            accelerator.wait_for_everyone()
-    progress.close()
+    def _keep_best(self, done: int, fid: float, steps: int) -> None:
+        temporary = self.output_dir / ".best_pipeline.tmp"
+        shutil.rmtree(temporary, ignore_errors=True)
+        self.ema_pipeline.save_pretrained(temporary)
+        replace_folder(temporary, self.output_dir / "best_pipeline")
+        self.best_fid.update(step=done, fid=fid, num_samples=self.config.fid_num_samples, num_inference_steps=steps)
+        self.best_fid_path.write_text(json.dumps(self.best_fid, indent=2) + "\n")
 
     # ---- The result: the EMA pipeline, the summary, the loss curve ------------------------------------------------
-    check_finite()
-    summary: dict[str, Any] = {}
-    if is_main:
+
+    def finish(self) -> dict[str, Any]:
+        self.check_finite()
+        summary: dict[str, Any] = {}
+        if self.is_main:
+            summary = self._save_result()
+            if self.config.push_to_hub:
+                _push_result(self.output_dir, self.config)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        return summary
+
+    def _save_result(self) -> dict[str, Any]:
+        config, output_dir, B = self.config, self.output_dir, self.config.train_batch_size
         pipeline_dir = output_dir / "pipeline"
-        ema_pipeline.save_pretrained(pipeline_dir)
-        metrics = [row for row in _read_metrics(metrics_path) if "loss" in row]
+        self.ema_pipeline.save_pretrained(pipeline_dir)
+        metrics = [row for row in _read_metrics(self.metrics_path) if "loss" in row]
         if metrics:
             save_loss_curve([m["step"] for m in metrics], [m["loss"] for m in metrics], output_dir / "loss_curve.png")
+        data = self.data
         summary = {
             "steps": config.max_train_steps,
-            "resumed_from_step": start_step,
+            "resumed_from_step": self.start_step,
             "images_seen": config.max_train_steps * B,
-            "epochs": config.max_train_steps * B / num_images,
-            "wall_time_seconds": time.time() - started,
-            "final_loss": metrics[-1]["loss"] if metrics else loss_value,
-            "num_processes": num_processes,
-            "mixed_precision": accelerator.mixed_precision,
-            "speedups": fast.describe(),
-            "parameters": sum(p.numel() for p in ema.model.parameters()),
-            "dataset": {"source": data.source, "split": data.split, "column": data.column, "num_images": num_images},
+            "epochs": config.max_train_steps * B / self.num_images,
+            "wall_time_seconds": time.time() - self.started,
+            "final_loss": metrics[-1]["loss"] if metrics else self.loss_value,
+            "num_processes": self.accelerator.num_processes,
+            "mixed_precision": self.accelerator.mixed_precision,
+            "speedups": self.fast.describe(),
+            "parameters": sum(p.numel() for p in self.ema.model.parameters()),
+            "dataset": {
+                "source": data.source,
+                "split": data.split,
+                "column": data.column,
+                "num_images": self.num_images,
+            },
             "pipeline": str(pipeline_dir),
-            **({"best_fid": best_fid} if config.fid_steps is not None else {}),
+            **({"best_fid": self.best_fid} if config.fid_steps is not None else {}),
             "config": config.to_dict(),
         }
         (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(f"Saved the EMA pipeline to {pipeline_dir} and the summary to {output_dir / 'training_summary.json'}")
-        if config.push_to_hub:
-            _push_result(output_dir, config)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return summary
+        return summary
 
 
 def _push_result(output_dir: Path, config: TrainingConfig) -> None:

@@ -18,6 +18,7 @@ import torch
 from bad_input import Refusal
 
 from ddpm_hf import DDPMPipeline, DDPMScheduler, create_unet
+from ddpm_hf.samplers import scheduler_from_name
 from ddpm_hf.sampling import MANIFEST_NAME, generate_samples
 
 T = 10  # the tiny pipeline's num_train_timesteps
@@ -46,8 +47,13 @@ def _dataset(folder: Path, num_images: int, split: str = "test") -> None:
 
 def _earlier_runs(root: Path, pipeline: DDPMPipeline) -> None:
     """run-seed0/samples: two samples of `pipeline` (seed 0, T steps, the commands' defaults), with their manifest;
-    run-no-manifest: the same without it (an older ddpm-hf); run-wrong-size: one of them replaced by an 8×8 image."""
+    run-no-manifest: the same without it (an older ddpm-hf); run-wrong-size: one of them replaced by an 8×8 image;
+    run-ddim: two samples drawn with DDIM, η = 0.5."""
     generate_samples(pipeline, 2, root / "run-seed0" / "samples", show_progress=False)
+    ddpm = pipeline.scheduler
+    pipeline.scheduler = scheduler_from_name("ddim", ddpm.config)
+    generate_samples(pipeline, 2, root / "run-ddim", eta=0.5, show_progress=False)
+    pipeline.scheduler = ddpm
     shutil.copytree(root / "run-seed0", root / "run-no-manifest")
     (root / "run-no-manifest" / "samples" / MANIFEST_NAME).unlink()
     shutil.copytree(root / "run-seed0", root / "run-wrong-size")
@@ -83,7 +89,7 @@ def build_workspace(root: Path) -> dict[str, str]:
     (root / "a-file").write_text("not a folder")
     return {name.replace("-", "_"): str(root / name) for name in (
         "pipeline", "pickle-only", "not-a-pipeline", "other-weights", "four-channels", "run-seed0", "run-no-manifest",
-        "run-wrong-size", "dataset", "one-image", "empty-dataset", "a-file",
+        "run-wrong-size", "run-ddim", "dataset", "one-image", "empty-dataset", "a-file",
     )} | {"root": str(root), "out": str(root / "new-output")}  # fmt: skip
 
 

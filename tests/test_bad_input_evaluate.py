@@ -35,6 +35,13 @@ ROWS = pipeline_rows("evaluate", REST) + [
     Refusal("unknown metric", [*EVALUATE, "--metrics", "fid,kid"], r"metrics must be .*\['fid', 'is', 'bpd'\].*kid"),
     Refusal("bad speed-up value", [*EVALUATE, "--bf16", "maybe"], "--bf16: 'maybe' is not one of auto, on, off", 2),
     Refusal("unknown variance type", [*EVALUATE, "--variance-type", "learned"], "--variance-type", 2),
+    Refusal("unknown scheduler", [*EVALUATE, "--scheduler", "fast"],
+            r"--scheduler: unknown scheduler 'fast': use ddpm, ddim, dpm-solver\+\+, unipc, euler, .*, pndm, or", 2),
+    Refusal("eta for PNDM", [*EVALUATE, "--scheduler", "pndm", "--eta", "0"], "the PNDMScheduler takes none"),
+    Refusal("respacing Heun", [*EVALUATE, "--scheduler", "heun", "--respace"],
+            "respaced chain, but the scheduler is the HeunDiscreteScheduler"),
+    Refusal("Fig. 6 with DPM-Solver++", [*EVALUATE[:-3], *EVALUATE[-2:], "--scheduler", "dpm-solver++"],
+            r"progressive generation \(Fig. 6\) .* DPMSolverMultistepScheduler does not return: .*--no-figures"),
     Refusal("output folder is a file", [*EVALUATE, "--output-dir", "{a_file}"], "--output-dir .*a-file is a file"),
     # the data
     Refusal("unknown split", [*EVALUATE, "--bpd-split", "nope"],

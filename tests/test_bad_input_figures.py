@@ -25,6 +25,13 @@ ROWS = pipeline_rows("figures", OUT) + [
     Refusal("zero steps (not T)", [*FIGURES, "--num-inference-steps", "0"], "--num-inference-steps", 2),
     Refusal("more steps than T", [*FIGURES, "--num-inference-steps", "11"], r"must lie in \[1, 10\].*got 11"),
     Refusal("seed not an integer", [*FIGURES, "--seed", "x"], "--seed", 2),
+    Refusal("unknown scheduler", [*FIGURES, "--scheduler", "fast"],
+            r"--scheduler: unknown scheduler 'fast': use ddpm, ddim, dpm-solver\+\+, unipc, euler, .*, pndm, or", 2),
+    Refusal("eta for UniPC", [*FIGURES, "--scheduler", "unipc", "--eta", "0.5"],
+            "the UniPCMultistepScheduler takes none"),
+    Refusal("Fig. 6 with DPM-Solver++", [*FIGURES, "--scheduler", "dpm-solver++"],
+            r"progressive generation \(Fig. 6\) shows the prediction x̂_0 of each step, which the "
+            "DPMSolverMultistepScheduler does not return"),
     Refusal("bad speed-up value", [*FIGURES, "--cuda-graphs", "always"], "--cuda-graphs", 2),
     Refusal("unknown dataset", [*FIGURES, "--dataset", "{root}/no-such-dataset"], "no-such-dataset"),
     Refusal("unknown split", [*FIGURES, "--dataset", "{dataset}", "--split", "nope"], "has no split 'nope'"),

@@ -25,6 +25,7 @@ from ddpm_hf.data import load_training_images, to_model_input
 from ddpm_hf.evaluate import (
     EvaluationConfig,
     dataset_bits_per_dim,
+    describe_sampler,
     evaluate,
     format_report,
     main,
@@ -456,3 +457,45 @@ def test_a_dataset_that_does_not_exist_is_refused_before_anything_is_sampled(pip
     ])  # fmt: skip
     assert status == 1 and "no-such-dataset" in capsys.readouterr().err
     assert not (output / "samples").exists()
+
+
+# ---- Samplers: the report says which, and the bound stays the training scheduler's ----------------------------------
+
+
+@needs_weights
+def test_the_report_records_the_sampler_and_its_network_evaluations(pipeline_dir, tmp_path, capsys):
+    output = tmp_path / "out"
+    status = main([
+        str(pipeline_dir), "--dataset", "builtin:shapes", "--metrics", "fid", "--num-samples", "4",
+        "--reference-num-images", "4", "--inception-weights", str(WEIGHTS), "--cache-dir", str(tmp_path / "cache"),
+        "--output-dir", str(output), "--no-figures", "--scheduler", "heun", "--num-inference-steps", "3",
+    ])  # fmt: skip
+    printed = capsys.readouterr()
+    assert status == 0, printed.err[-3000:]
+    sampling = json.loads((output / "report.json").read_text())["sampling"]
+    assert (sampling["scheduler"], sampling["num_inference_steps"], sampling["nfe"]) == ("HeunDiscreteScheduler", 3, 5)
+    assert sampling["eta"] is None and sampling["variance_type"] == "fixed_small"
+    assert "sampler" in printed.out and "HeunDiscreteScheduler, 3 steps (NFE 5)" in printed.out
+    manifest = json.loads((output / "samples" / MANIFEST_NAME).read_text())
+    assert manifest["scheduler_class"] == "HeunDiscreteScheduler"
+
+
+def test_bits_per_dim_is_the_training_schedulers_whatever_the_sampler(pipeline_dir, tmp_path, capsys):
+    reports = []
+    for options in ([], ["--scheduler", "ddim", "--eta", "0.5"]):
+        output = tmp_path / f"out{len(options)}"
+        status = main([
+            str(pipeline_dir), "--dataset", "builtin:shapes", "--metrics", "bpd", "--bpd-num-images", "2",
+            "--no-figures", "--output-dir", str(output), *options,
+        ])  # fmt: skip
+        assert status == 0, capsys.readouterr().err[-3000:]
+        reports.append(json.loads((output / "report.json").read_text()))
+    assert reports[0]["metrics"] == reports[1]["metrics"]
+
+
+def test_the_table_names_the_sampler():
+    sampling = {"scheduler": "DDIMScheduler", "num_inference_steps": 50, "nfe": 50, "eta": 0.0, "num_samples": 10}
+    report = {"metrics": {"fid": 1.0}, "sampling": sampling, "fid": {"reference": {"split": "train", "num_images": 9}}}
+    last = format_report(report).splitlines()[-1].split(None, 1)
+    assert last == ["sampler", "DDIMScheduler, 50 steps (NFE 50), η = 0.0"]
+    assert describe_sampler({**sampling, "eta": None, "respace": True}) == "DDIMScheduler, 50 steps, respaced (NFE 50)"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datasets
+import diffusers
 import PIL.Image
+import torch
 
 from ddpm_hf import DDPMPipeline, DDPMScheduler
 from ddpm_hf.cli import main as cli
 from ddpm_hf.figures import write_figures
+from ddpm_hf.samplers import scheduler_from_name
 
 
 def test_the_four_figures_have_the_papers_layouts(tiny_unet, tmp_path):
@@ -80,3 +83,19 @@ def test_a_dataset_of_one_image_is_refused_for_figures_7_and_8(tiny_unet, tmp_pa
     status = cli(["figures", str(tmp_path / "pipeline"), "--output-dir", str(tmp_path / "figures"),
                   "--dataset", str(tmp_path / "data"), "--num-samples", "1"])  # fmt: skip
     assert status == 1 and "at least two images" in capsys.readouterr().err
+
+
+def test_another_scheduler_draws_the_grid_and_fig_6_and_ddpm_draws_figs_7_and_8(tiny_unet, tmp_path):
+    """--scheduler ddim: the sample grid and Fig. 6 with DDIM; Fig. 7 and 8 run DDPM's chain (the same files as a
+    DDPM pipeline writes); the pipeline keeps its DDIM scheduler after."""
+    ddpm = DDPMPipeline(tiny_unet.eval(), DDPMScheduler(num_train_timesteps=10))
+    ddpm.set_progress_bar_config(disable=True)
+    ddim = DDPMPipeline(tiny_unet, scheduler_from_name("ddim", ddpm.scheduler.config))
+    ddim.set_progress_bar_config(disable=True)
+    images = torch.rand(2, 3, 16, 16) * 2 - 1  # the same Fig. 7 and 8 inputs for both
+    ours = write_figures(ddim, tmp_path / "ddim", images, num_samples=2, num_inference_steps=3, eta=0.5)
+    theirs = write_figures(ddpm, tmp_path / "ddpm", images, num_samples=2, num_inference_steps=3)
+    assert type(ddim.scheduler) is diffusers.DDIMScheduler
+    for name in ("shared_latents", "interpolation"):
+        assert ours[name].read_bytes() == theirs[name].read_bytes()
+    assert ours["samples"].read_bytes() != theirs["samples"].read_bytes()

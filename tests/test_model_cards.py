@@ -168,6 +168,18 @@ def test_the_evaluation_table_shows_each_metric_with_its_protocol():
     assert "sha256 `6726825d0af5`" in text
 
 
+def test_the_card_names_the_sampler_and_its_network_evaluations():
+    sampling = {"num_samples": 5000, "num_inference_steps": 10, "scheduler": "HeunDiscreteScheduler", "nfe": 19}
+    text = str(card_of(evaluation_report={**REPORT, "sampling": {**REPORT["sampling"], **sampling}}))
+    assert "| FID ↓ | 3.17 | 5,000 samples, 10 sampling steps of `HeunDiscreteScheduler` (NFE 19);" in text
+    assert "Samples drawn with `HeunDiscreteScheduler`, 19 network evaluations per image" in text
+    assert "the bits/dim bound is that of the DDPM chain the model was trained on" in text
+    ddpm = {**sampling, "scheduler": "DDPMScheduler", "num_inference_steps": 1000, "nfe": 1000}
+    text = str(card_of(evaluation_report={**REPORT, "sampling": {**REPORT["sampling"], **ddpm}}))
+    assert "1,000 sampling steps of `DDPMScheduler` (NFE 1,000)" in text and "Samples drawn by ancestral" in text
+    assert "DDIMScheduler.from_config(pipeline.scheduler.config)" in text  # how to sample faster
+
+
 def test_metrics_missing_from_the_report_are_left_out_of_the_results_and_the_table():
     report = {"metrics": {"fid": 12.5}, "sampling": {"num_samples": 5000}}
     card = check_model_card(card_of(training_summary=training_summary(), evaluation_report=report))

@@ -428,11 +428,11 @@ class TestUnsafeAndBrokenFolders:
             ddpm_hf.DDPMPipeline.from_pretrained(saved)
 
     def test_any_diffusers_scheduler_class_is_accepted(self, saved, pipe):
-        """A DDIMScheduler (or any other diffusers scheduler) in model_index.json loads, converted to DDPM's."""
+        """A DDIMScheduler (or any other diffusers scheduler) in model_index.json loads as that scheduler."""
         index = json.loads((saved / "model_index.json").read_text())
         (saved / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers", "DDIMScheduler"]}))
         loaded = ddpm_hf.DDPMPipeline.from_pretrained(saved)
-        assert isinstance(loaded.scheduler, ddpm_hf.DDPMScheduler)
+        assert type(loaded.scheduler) is diffusers.DDIMScheduler
         assert loaded.scheduler.config.num_train_timesteps == pipe.scheduler.config.num_train_timesteps
 
     def test_pickle_only_weights_load_with_allow_pickle(self, pickle_folder, tiny_unet):
@@ -861,11 +861,12 @@ class TestSpeedups:
         expected = self.images(pipe)
         pipe.enable_speedups(ddpm_hf.Speedups(cuda_graphs=True))
         np.testing.assert_allclose(self.images(pipe), expected, rtol=0, atol=1e-5)
-        (kept,) = pipe._graphs.values()
+        graphs = pipe._acceleration.graphs
+        (kept,) = graphs.values()
         np.testing.assert_allclose(self.images(pipe), expected, rtol=0, atol=1e-5)
-        assert list(pipe._graphs.values()) == [kept] and kept.graph is None
+        assert list(graphs.values()) == [kept] and kept.graph is None
         pipe(2, generator=generators(1, 2), num_inference_steps=5)
-        assert len(pipe._graphs) == 1 and kept not in pipe._graphs.values()
+        assert len(graphs) == 1 and kept not in graphs.values()
 
     def test_cuda_graphs_leave_callbacks_and_learned_variances_to_the_step_loop(self, tiny_unet):
         """A per-step callback sees every x_t, and a learned σ_t needs the network's output: the plain loop runs."""
@@ -878,7 +879,7 @@ class TestSpeedups:
         pipeline = quiet(ddpm_hf.DDPMPipeline(tiny_unet, ddpm_hf.DDPMScheduler(num_train_timesteps=T)))
         pipeline.enable_speedups(ddpm_hf.Speedups(cuda_graphs=True))
         pipeline(1, num_inference_steps=4, callback_on_step_end=callback)
-        assert len(seen) == 4 and not pipeline._graphs
+        assert len(seen) == 4 and not pipeline._acceleration.graphs
         learned = quiet(
             ddpm_hf.DDPMPipeline(
                 ddpm_hf.create_unet("ddpm-tiny", out_channels=6),
@@ -886,7 +887,7 @@ class TestSpeedups:
             )
         ).enable_speedups(ddpm_hf.Speedups(cuda_graphs=True))
         assert learned(1, num_inference_steps=4, output_type="np").images.shape == (1, SIZE, SIZE, 3)
-        assert not learned._graphs
+        assert not learned._acceleration.graphs
 
     def test_disable_speedups_returns_to_the_plain_computation(self, pipe):
         expected = self.images(pipe)

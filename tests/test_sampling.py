@@ -27,6 +27,7 @@ from ddpm_hf.sampling import (
     generate_samples,
     load_pipeline,
     load_samples,
+    main,
     samples_manifest,
     samples_to_npz,
     weights_sha256,
@@ -296,3 +297,29 @@ def test_a_missing_pipeline_is_a_clear_error(tmp_path):
     result = subprocess.run(["ddpm-hf", "sample", str(tmp_path / "nothing"), "--num-samples", "2",
                              "--output-dir", str(tmp_path / "out")], capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 1 and "error" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---- Samplers (ddpm_hf.samplers): --scheduler and --eta --------------------------------------------------------------
+
+
+def test_the_command_samples_with_the_scheduler_named_and_records_it(pipeline, tmp_path):
+    pipeline.save_pretrained(tmp_path / "pipeline")
+    options = ["--num-samples", "2", "--num-inference-steps", "4", "--seed", "3", "--scheduler", "ddim", "--eta", "0.5"]
+    assert main([str(tmp_path / "pipeline"), "--output-dir", str(tmp_path / "cli"), *options]) == 0
+    manifest = json.loads((tmp_path / "cli" / MANIFEST_NAME).read_text())
+    assert (manifest["scheduler_class"], manifest["eta"]) == ("DDIMScheduler", 0.5)
+    pipeline.scheduler = diffusers.DDIMScheduler.from_config(pipeline.scheduler.config)
+    generate_samples(pipeline, 2, tmp_path / "api", seed=3, num_inference_steps=4, eta=0.5, show_progress=False)
+    np.testing.assert_array_equal(load_samples(tmp_path / "cli", 2), load_samples(tmp_path / "api", 2))
+    assert json.loads((tmp_path / "api" / MANIFEST_NAME).read_text()) == manifest
+
+
+def test_a_manifest_written_before_samplers_resumes_as_ddpm(pipeline, tmp_path):
+    draw(pipeline, tmp_path, 1)
+    manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    del manifest["scheduler_class"], manifest["eta"]
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(manifest))
+    draw(pipeline, tmp_path, 2)  # no refusal
+    pipeline.scheduler = diffusers.DDIMScheduler.from_config(pipeline.scheduler.config)
+    with pytest.raises(ValueError, match="scheduler_class 'DDPMScheduler' there, 'DDIMScheduler' now"):
+        draw(pipeline, tmp_path, 3)

@@ -77,6 +77,12 @@ SHARED_OPTIONS = [
 ]
 
 
+def config_id(config: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in config.items() if k != "trained_betas") or (
+        "trained_betas" if config else "default"
+    )
+
+
 class TestConfigInteroperability:
     def test_constructor_has_the_same_parameter_names_and_defaults_as_diffusers(self):
         ours = inspect.signature(DDPMScheduler.__init__).parameters
@@ -125,6 +131,15 @@ class TestDiffusersParity:
             torch.testing.assert_close(a.pred_original_sample, b.pred_original_sample, rtol=0, atol=1e-6)
         assert torch.isfinite(trajectory[-1][0].prev_sample).all()
         # the same number of draws, in the same order: the generators end in the same state
+        assert torch.equal(gen_a.get_state(), gen_b.get_state())
+
+    @pytest.mark.parametrize("config", SHARED_OPTIONS, ids=config_id)
+    def test_every_step_is_bit_identical_to_diffusers(self, config):
+        """Not merely close: the same float32 operations in the same order give the same bits (100 strided steps)."""
+        trajectory, gen_a, gen_b = run_both(config, n=100)
+        for a, b in trajectory:
+            assert torch.equal(a.prev_sample, b.prev_sample)
+            assert torch.equal(a.pred_original_sample, b.pred_original_sample)
         assert torch.equal(gen_a.get_state(), gen_b.get_state())
 
     @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
@@ -254,7 +269,9 @@ class TestPaperEquations:
         x_0 = levels.reshape(1, 1, 2, 2)
         eps = torch.zeros_like(x_0)
         x_t = scheduler.add_noise(x_0, eps, torch.tensor([0]))  # with ε = 0 the mean is exactly μ̃(x_1, x_0) = x_0
-        sigma = math.exp(0.5 * scheduler._q["posterior_log_variance_clipped"][0].item())
+        # σ_1² of the decoder: β̃ of the next step (β̃_1 = 0), as in the paper's code
+        beta, alphas_cumprod = scheduler.betas.double(), torch.cumprod(1 - scheduler.betas.double(), 0)
+        sigma = math.sqrt(beta[1] * (1 - alphas_cumprod[0]) / (1 - alphas_cumprod[1]))
         phi = lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2)))  # noqa: E731
         h = 1 / 255
         probabilities = [
@@ -278,10 +295,12 @@ class TestPaperEquations:
     def test_learned_range_interpolates_between_beta_tilde_and_beta(self):
         scheduler = scheduler64(variance_type="learned_range")
         x_t, t = torch.randn(1, 3, 2, 2, dtype=torch.float64), torch.tensor([500])
-        for v, table in ((-1.0, "posterior_log_variance_clipped"), (1.0, "log_betas")):
+        beta, alphas_cumprod = scheduler.betas.double(), torch.cumprod(1 - scheduler.betas.double(), 0)
+        beta_tilde = beta[500] * (1 - alphas_cumprod[499]) / (1 - alphas_cumprod[500])
+        for v, variance in ((-1.0, beta_tilde), (1.0, beta[500])):
             output = torch.cat([torch.zeros_like(x_t), torch.full_like(x_t, v)], dim=1)
             got = scheduler.p_mean_variance(output, x_t, t).log_variance
-            torch.testing.assert_close(got, torch.full_like(x_t, scheduler._q[table][500].item()))
+            torch.testing.assert_close(got, torch.full_like(x_t, variance.log().item()))
 
     def test_simple_loss_is_the_mean_squared_error_to_the_noise(self):
         """L_simple (eq. 14) per image."""
@@ -361,6 +380,27 @@ class TestStepTables:
             expected.append(((1 - alphas_cumprod[s]) / (1 - alphas_cumprod[t]) * beta).sqrt())
         expected.append(torch.zeros((), dtype=torch.float64))
         torch.testing.assert_close(scheduler.noise_scales().double(), torch.stack(expected), rtol=1e-5, atol=0)
+
+    def test_the_likelihoods_tables_are_eq_4_and_7_in_float64_with_the_decoders_variance_at_t_0(self):
+        """`DDPMScheduler.chain`: the steps t → t − 1 of the T-step chain. β̃_0 = 0, so the decoder step t = 0 takes
+        σ_1² = β̃_1 for "fixed_small" and "fixed_large" alike (the paper's code); β keeps β_0 there."""
+        scheduler = DDPMScheduler()
+        beta = scheduler.betas.double()
+        alphas_cumprod = torch.cumprod(1 - beta, 0)
+        previous = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+        beta_tilde = beta * (1 - previous) / (1 - alphas_cumprod)
+        expected = {
+            "sqrt_alpha_prod": alphas_cumprod.sqrt(),
+            "sqrt_beta_prod": (1 - alphas_cumprod).sqrt(),
+            "pred_original_sample_coeff": previous.sqrt() * beta / (1 - alphas_cumprod),
+            "current_sample_coeff": (1 - beta).sqrt() * (1 - previous) / (1 - alphas_cumprod),
+            "beta": beta,
+            "posterior_variance": torch.cat([beta_tilde[1:2], beta_tilde[1:]]),
+            "large_variance": torch.cat([beta_tilde[1:2], beta[1:]]),
+        }
+        for name, value in expected.items():
+            assert getattr(scheduler.chain, name).dtype == torch.float64, name
+            torch.testing.assert_close(getattr(scheduler.chain, name), value, rtol=1e-9, atol=0, msg=name)
 
     @pytest.mark.parametrize("variance_type", ["learned", "learned_range"])
     def test_a_learned_variance_has_no_noise_scales_before_the_network_runs(self, variance_type):

@@ -399,19 +399,21 @@ def test_every_process_of_a_launch_stops_when_the_folder_is_refused(tmp_path):
     assert {p: p.read_bytes() for p in output.rglob("*") if p.is_file()} == before
 
 
-def test_a_push_that_fails_after_training_says_the_result_is_saved_and_how_to_push_it(quickstart_run, monkeypatch):
-    """The push at the end of `--push-to-hub` fails (here: offline): the error says that training is complete,
-    where its result is, and the `ddpm-hf push` command that uploads it later."""
+def test_a_push_that_fails_after_training_says_the_result_is_saved_and_how_to_push_it(tmp_path, monkeypatch):
+    """The push at the end of `--push-to-hub` fails (here: the Hub is offline): the error says that training is
+    complete, where its result is, and the `ddpm-hf push` command that uploads it later; nothing is changed."""
     from ddpm_hf.train import PushAfterTrainingError, _push_result
     from ddpm_hf.training_config import TrainingConfig
 
+    output = tmp_path / "out"
+    assert run(train_command(*TINY, "--max-train-steps", "1", "--output-dir", str(output))).returncode == 0
     monkeypatch.setenv("HF_TOKEN", "hf_never_printed")
-    config = TrainingConfig(push_to_hub=True, hub_repo_id="someone/shapes", output_dir=str(quickstart_run))
-    before = {p: p.read_bytes() for p in quickstart_run.rglob("*") if p.is_file()}
+    config = TrainingConfig(push_to_hub=True, hub_repo_id="someone/shapes", output_dir=str(output))
+    before = {p: p.read_bytes() for p in output.rglob("*") if p.is_file()}
     with pytest.raises(PushAfterTrainingError) as error:
-        _push_result(quickstart_run, config)
+        _push_result(output, config)
     message = str(error.value)
     assert "\n" not in message and "hf_never_printed" not in message
-    assert f"Training is complete and saved in {quickstart_run}" in message
-    assert f"ddpm-hf push {quickstart_run} --repo-id someone/shapes" in message
-    assert {p: p.read_bytes() for p in quickstart_run.rglob("*") if p.is_file()} == before
+    assert f"Training is complete and saved in {output}" in message
+    assert f"ddpm-hf push {output} --repo-id someone/shapes" in message
+    assert {p: p.read_bytes() for p in output.rglob("*") if p.is_file()} == before
