@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 __all__ = [
     "replace_folder",
@@ -143,9 +143,9 @@ def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path, role: str, 
 def _read_safetensors(path: Path, role: str, step: int) -> dict[str, torch.Tensor]:
     """The tensors of `path`, checked to be this checkpoint's `role` file of `step` and finite."""
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="pt") as handle:  # one read for the metadata and the tensors
             metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError) as error:
         raise ValueError(f"Corrupt checkpoint file {path}: {error}.") from error
     found = (metadata.get("ddpm_hf.role", role), metadata.get("ddpm_hf.step", str(step)))  # older files: unmarked

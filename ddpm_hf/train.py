@@ -168,10 +168,12 @@ def _on_main_process(accelerator: Accelerator, check: Callable[[], T_], refusals
     return result
 
 
-def _claim_output_folder(config: TrainingConfig, accelerator: Accelerator) -> OutputFolderLock | None:
+def _claim_output_folder(
+    config: TrainingConfig, resume_from: Path | None, accelerator: Accelerator
+) -> OutputFolderLock | None:
     """Lock the output folder for this run (the main process) and refuse, on every process, a folder that holds
     another run or is in use (ddpm_hf.output_folder)."""
-    output_dir, resume_from = Path(config.output_dir), _resume_from(config)
+    output_dir = Path(config.output_dir)
     resumes_here = resume_from is not None and resume_from.resolve().parent == (output_dir / "checkpoints").resolve()
     lock = _on_main_process(
         accelerator,
@@ -199,14 +201,13 @@ def _read_metrics(path: Path, up_to_step: int | None = None) -> list[dict[str, A
 
 def _warn_if_grids_dominate(config: TrainingConfig, start_step: int) -> None:
     """Say so when the sample grids will take longer than the training itself (a short trial run of a big model)."""
-    grid_cost = config.num_sample_images * (config.sample_inference_steps or config.num_train_timesteps)
+    steps = config.sample_inference_steps or config.num_train_timesteps
     grids = 1 + (config.max_train_steps - start_step) // config.sample_steps
     training_cost = 3 * config.train_batch_size * (config.max_train_steps - start_step)  # forward + backward ≈ 3
-    if grids * grid_cost > training_cost:
+    if grids * config.num_sample_images * steps > training_cost:
         print(
-            f"Note: the {grids} sample grid(s) of {config.num_sample_images} images × "
-            f"{config.sample_inference_steps or config.num_train_timesteps} steps will take longer than the training "
-            "itself; for a quick run, pass e.g. --num-sample-images 4 --sample-inference-steps 50.",
+            f"Note: the {grids} sample grid(s) of {config.num_sample_images} images × {steps} steps will take longer "
+            "than the training itself; for a quick run, pass e.g. --num-sample-images 4 --sample-inference-steps 50.",
             file=sys.stderr,
         )
 
@@ -229,10 +230,11 @@ def train(config: TrainingConfig) -> dict[str, Any]:
     # TF32, channels-last and torch.compile: on for CUDA unless the configuration says otherwise (ddpm_hf.acceleration)
     speedups = Speedups(tf32=config.tf32, channels_last=config.channels_last, compile=config.torch_compile)
     fast = speedups.resolve(accelerator.device)  # each True or False on this device
-    lock = _claim_output_folder(config, accelerator)  # before anything is written; held to the end
+    resume_from = _resume_from(config)  # found once, for the folder check and the resume alike
+    lock = _claim_output_folder(config, resume_from, accelerator)  # before anything is written; held to the end
     try:
         with tf32_enabled(True) if fast.tf32 else contextlib.nullcontext():
-            return _train(config, accelerator, fast)
+            return _train(config, accelerator, fast, resume_from)
     finally:
         if lock is not None:
             lock.release()
@@ -273,9 +275,12 @@ def _due(done: int, every: int | None, last: int) -> bool:
     return every is not None and (done % every == 0 or done == last)
 
 
-def _train(config: TrainingConfig, accelerator: Accelerator, fast: Speedups) -> dict[str, Any]:
-    """`train`'s body, under the run's Accelerator and TF32 setting, with the speed-ups `fast` resolved."""
-    run = _Trainer(config, accelerator, fast)
+def _train(
+    config: TrainingConfig, accelerator: Accelerator, fast: Speedups, resume_from: Path | None
+) -> dict[str, Any]:
+    """`train`'s body, under the run's Accelerator and TF32 setting, with the speed-ups `fast` resolved, continuing
+    from the checkpoint folder `resume_from` if any."""
+    run = _Trainer(config, accelerator, fast, resume_from)
     progress = tqdm(total=config.max_train_steps, initial=run.start_step, desc="Training",
                     disable=not accelerator.is_main_process, unit="step")  # fmt: skip
     for step in range(run.start_step, config.max_train_steps):
@@ -298,7 +303,7 @@ def _train(config: TrainingConfig, accelerator: Accelerator, fast: Speedups) -> 
 class _Trainer:
     """A training run: what it builds before the first step, one optimizer step, and its periodic work."""
 
-    def __init__(self, config: TrainingConfig, accelerator: Accelerator, fast: Speedups):
+    def __init__(self, config: TrainingConfig, accelerator: Accelerator, fast: Speedups, resume_from: Path | None):
         self.config, self.accelerator, self.fast = config, accelerator, fast
         self.started = time.time()
         self.output_dir = Path(config.output_dir)
@@ -317,7 +322,7 @@ class _Trainer:
                 f"train_batch_size={B} must be divisible by gradient_accumulation_steps × processes = {A} × {P}."
             )
         self.micro_batch = B // (A * P)
-        checkpoint = self._build_network()  # the network, the forward process and the checkpoint to resume
+        checkpoint = self._build_network(resume_from)  # the network, the forward process and the checkpoint
         self._load_data()  # bad data fails here, before any training
         self._build_optimizer(checkpoint)
         self._start_logs()
@@ -337,13 +342,12 @@ class _Trainer:
 
     # ---- Before the first step -------------------------------------------------------------------------------------
 
-    def _build_network(self) -> Checkpoint | None:
+    def _build_network(self, resume_from: Path | None) -> Checkpoint | None:
         config = self.config
         torch.manual_seed(stream_seed(config.seed, Stream.INITIAL_WEIGHTS))
         self.unet = build_unet(config)
         self.scheduler = build_scheduler(config)
         self.image_shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
-        resume_from = _resume_from(config)
         checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
         if checkpoint is not None:
             _check_resumable(config, checkpoint, resume_from)

@@ -100,8 +100,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _unet_defaults() -> dict[str, Any]:
+    """`UNet2DModel.__init__`'s arguments and their defaults."""
+    parameters = inspect.signature(UNet2DModel.__init__).parameters
+    return {name: p.default for name, p in parameters.items() if name != "self"}
+
+
 def _unet_parameters() -> set[str]:
-    return {name for name in inspect.signature(UNet2DModel.__init__).parameters if name != "self"}
+    return set(_unet_defaults())
 
 
 def unet_config(name: str, **overrides: Any) -> dict[str, Any]:
@@ -159,8 +165,7 @@ def check_unet_config(kwargs: dict[str, Any], source: str) -> None:
     Raises:
         ValueError: naming `source` (the preset or file) and the setting.
     """
-    defaults = {name: p.default for name, p in inspect.signature(UNet2DModel.__init__).parameters.items()}
-    settings = {**defaults, **kwargs}
+    settings = {**_unet_defaults(), **kwargs}
     down, up, channels = settings["down_block_types"], settings["up_block_types"], settings["block_out_channels"]
     if not len(down) == len(up) == len(channels):
         raise ValueError(
