@@ -11,7 +11,7 @@ each auto|on|off, auto = on for CUDA). An image-step is one network evaluation o
 S reverse steps is B·S image-steps; FID-50k at 1000 steps is 5·10⁷ of them. Each pipeline draws once untimed
 (warm-up: allocations, compilation, graph capture), then `--repeats` times timed; the best time counts. On a GPU the
 peak memory of one call is reported too, and with `--max-batch` the largest batch that fits (doubling until out of
-memory).
+memory); `--largest-batch-steps N` then times every pipeline again at the largest batch that all of them fit.
 
 The speed-ups' deviation from the plain float32 computation is measured on the same images (per-image generators,
 so the same noise): the largest and mean absolute difference of the uint8 images, over `--deviation-steps` reverse
@@ -75,6 +75,25 @@ def largest_batch(pipeline, device: torch.device, start: int) -> int | None:
     return fits
 
 
+def time_at_largest_batch(pipeline_for, names: list[str], batch_size: int, steps: int, device: torch.device) -> dict:
+    """Every pipeline (`pipeline_for(name)`) timed at one batch, one timed call of `steps` steps after a warm-up call:
+    the largest batch all of them fit, halved until all of them run it."""
+    while batch_size >= 1:
+        try:
+            results = {}
+            for name in names:
+                torch.cuda.empty_cache()
+                seconds = time_call(pipeline_for(name), batch_size, steps, device, 1)
+                results[name] = {"seconds": seconds, "image_steps_per_second": batch_size * steps / seconds}
+        except torch.OutOfMemoryError:
+            batch_size //= 2
+            continue
+        baseline = next(iter(results.values()))["image_steps_per_second"]
+        ratios = {name: result["image_steps_per_second"] / baseline for name, result in results.items()}
+        return {"batch_size": batch_size, "steps": steps, "results": results, "ratios": ratios}
+    return {}
+
+
 def uint8_images(pipeline, batch_size: int, steps: int, device: torch.device) -> np.ndarray:
     """`batch_size` images, image i from its own generator seeded i, as uint8 (what FID sees)."""
     generators = [torch.Generator(device).manual_seed(i) for i in range(batch_size)]
@@ -98,6 +117,13 @@ def main() -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="the UNet's weights (all pipelines)")
     parser.add_argument("--max-batch", action="store_true", help="also find the largest batch that fits (GPU)")
+    parser.add_argument(
+        "--largest-batch-steps",
+        type=int,
+        default=None,
+        help="with --max-batch on a GPU: also time every pipeline at the largest batch all of them fit, over this "
+        "many steps",
+    )
     parser.add_argument("--deviation-steps", type=int, default=None, help="steps of the deviation run (default: T)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/sample_throughput.json"))
     add_speedup_arguments(parser)
@@ -138,13 +164,26 @@ def main() -> int:
             "image_steps_per_second": arguments.batch_size * arguments.steps / seconds,
             "network_evaluations_per_second": arguments.batch_size * nfe / seconds,  # Heun: 2 per step
             "peak_memory_bytes": peak_memory(pipeline, arguments.batch_size, arguments.steps, device),
-            "largest_batch": largest_batch(pipeline, device, arguments.batch_size) if arguments.max_batch else None,
+            "largest_batch": None,
         }
+
+    def large(name: str):
+        """The pipeline to run out of memory with: for the speed-ups a fresh one, so that the search keeps no graph or
+        compiled module of the batches above (the plain pipelines run on contiguous weights, as above: channels-last
+        converts them in place)."""
+        if name != "ddpm_hf+speedups":
+            unet.to(memory_format=torch.contiguous_format)
+            return pipelines[name]
+        fresh = ddpm_hf.DDPMPipeline(unet=unet, scheduler=scheduler).enable_speedups(speedups)
+        fresh.set_progress_bar_config(disable=True)
+        return fresh
+
     baseline_name = "diffusers" if with_diffusers else "ddpm_hf"
     baseline = results[baseline_name]["image_steps_per_second"]
     ratios = {name: result["image_steps_per_second"] / baseline for name, result in results.items()}
 
     deviation_steps = arguments.deviation_steps or scheduler.config.num_train_timesteps
+    unet.to(memory_format=torch.contiguous_format)  # the plain float32 computation, as diffusers runs it
     plain_images = uint8_images(pipelines["ddpm_hf"], arguments.batch_size, deviation_steps, device)
     fast_images = uint8_images(fast, arguments.batch_size, deviation_steps, device)
     difference = np.abs(fast_images.astype(np.int16) - plain_images)
@@ -165,7 +204,17 @@ def main() -> int:
         "results": results,
         "ratios_over_diffusers" if with_diffusers else "ratios_over_ddpm_hf": ratios,
         "speedup_deviation_from_float32": deviation,
+        "largest_batch_results": None,
     }
+    largest = None
+    if arguments.max_batch:  # last, as it may take long: what is measured so far is written first
+        write_record(record, arguments.output)
+        for name in pipelines:
+            results[name]["largest_batch"] = largest_batch(large(name), device, arguments.batch_size)
+        fits = [result["largest_batch"] for result in results.values() if result["largest_batch"]]
+        if arguments.largest_batch_steps and fits:
+            largest = time_at_largest_batch(large, list(pipelines), min(fits), arguments.largest_batch_steps, device)
+            record["largest_batch_results"] = largest
     source = arguments.pipeline or f"{arguments.preset} (random weights)"
     print(
         f"{source}, {type(scheduler).__name__}, batch {arguments.batch_size}, {arguments.steps} steps (NFE {nfe}), "
@@ -180,6 +229,10 @@ def main() -> int:
             f"{name:<17}  {result['image_steps_per_second']:14.1f}  {result['seconds']:8.3f}  {memory}  "
             f"{ratios[name]:11.3f}"
         )
+    if largest:
+        rates = ", ".join(f"{name} {r['image_steps_per_second']:.1f}" for name, r in largest["results"].items())
+        print(f"at the largest batch all fit, {largest['batch_size']} ({largest['steps']} steps): {rates} "
+              f"image-steps/s; × {baseline_name}: {largest['ratios'].get('ddpm_hf+speedups', 0):.3f}")  # fmt: skip
     print(
         f"speed-ups vs plain float32 over {deviation_steps} steps: max |Δ| {deviation['max_abs_uint8']} / 255, "
         f"mean |Δ| {deviation['mean_abs_uint8']:.3f} / 255, {100 * deviation['fraction_of_pixels_changed']:.1f}% "

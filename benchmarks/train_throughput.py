@@ -62,7 +62,7 @@ def ddpm_hf_images_per_second(arguments: argparse.Namespace, speedups: Speedups)
         logging_steps=arguments.steps,
         checkpointing_steps=10 * arguments.steps,
         sample_steps=10 * arguments.steps,
-        num_sample_images=1,
+        num_sample_images=arguments.sample_grid_images,
         sample_inference_steps=1,
         mixed_precision=arguments.mixed_precision,
         tf32=speedups.tf32,
@@ -168,6 +168,13 @@ def main() -> int:
     parser.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "fp16", "bf16"), help="ddpm_hf's")
     parser.add_argument("--reference-mixed-precision", default="no", choices=("no", "fp16", "bf16"))
     parser.add_argument("--dataloader-num-workers", type=int, default=0, help="the reference loop's (its default 0)")
+    parser.add_argument(
+        "--sample-grid-images",
+        type=int,
+        default=1,
+        help="images of the untimed sample grid at the end of ddpm_hf's run (1 step each; with torch.compile, the "
+        "batch that later sampling uses lets it reuse the compiled kernels)",
+    )
     parser.add_argument("--peak-tflops", type=float, default=None, help="the hardware limit, for MFU (per process)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/train_throughput.json"))
     parser.add_argument("--work-dir", type=Path, default=Path("benchmarks/results/train_run"), help="ddpm_hf's run")

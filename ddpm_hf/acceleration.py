@@ -5,8 +5,8 @@
 * `tf32`: float32 matrix products and convolutions on tensor cores (inputs rounded to a 10-bit mantissa).
 * `channels_last`: the UNet's weights and inputs in NHWC layout, what cuDNN's tensor-core convolutions read.
 * `compile`: the UNet compiled by `torch.compile` (TorchInductor fuses GroupNorm, SiLU and the residual additions).
-* `cuda_graphs`: sampling only: one reverse step, ε_θ(x_t, t) and the update to x_{t−1}, captured once as a CUDA
-  graph and replayed for every t (see `ddpm_hf.cuda_graphs`).
+* `cuda_graphs`: sampling only: one reverse step of DDPM or DDIM, ε_θ(x_t, t) and the update to x_{t'}, captured
+  once as a CUDA graph and replayed for every t (see `ddpm_hf.cuda_graphs`).
 
 A setting of `None` means "where it is safe": on a CUDA device, and off elsewhere. `True` or `False` forces it;
 channels-last, compile and bf16 also run on the CPU when forced (the tests do), and `cuda_graphs` forced on the CPU
@@ -14,6 +14,11 @@ runs the same fixed-buffer reverse step without capturing it; TF32 exists on CUD
 None of them changes what is computed beyond floating-point rounding, except bf16, whose deviation from float32 is
 measured (`benchmarks/README.md`); the plain `DDPMPipeline.__call__` stays bit-identical to `diffusers.DDPMPipeline`
 unless `enable_speedups` is called.
+
+An optimization never ends a job: if `torch.compile` or a CUDA-graph capture raises, or gives non-finite output where
+the plain computation does not, the sampler or trainer warns once (`warn_switched_off`, naming the speed-up and the
+error), switches that speed-up off and goes on without it. Running out of GPU memory is not such a failure (the batch
+does not fit either way) and is raised as it is.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ import argparse
 import contextlib
 import dataclasses
 import os
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -34,6 +41,10 @@ __all__ = [
     "autocast",
     "add_speedup_arguments",
     "speedups_from_arguments",
+    "CompiledWithFallback",
+    "all_finite",
+    "describe_error",
+    "warn_switched_off",
 ]
 
 
@@ -128,3 +139,72 @@ def add_speedup_arguments(parser: argparse.ArgumentParser) -> None:
 def speedups_from_arguments(arguments: argparse.Namespace) -> Speedups:
     """The `Speedups` of the options `add_speedup_arguments` added, which are taken out of `arguments`."""
     return Speedups(**{field.name: arguments.__dict__.pop(field.name) for field in dataclasses.fields(Speedups)})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Falling back: a speed-up that fails is switched off, and the work goes on
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def describe_error(error: BaseException) -> str:
+    """An error in one line: its type and the first line of its message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def warn_switched_off(name: str, reason: str, work: str) -> None:
+    """The one warning of a speed-up that failed and is switched off."""
+    warnings.warn(
+        f"ddpm_hf: the speed-up {name} failed ({reason}); it is switched off and {work} goes on without it.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def all_finite(output: Any) -> bool:
+    """Whether a network's output (a tensor, or a diffusers output whose first field is one) is finite."""
+    tensor = output if isinstance(output, torch.Tensor) else output[0]
+    return bool(torch.isfinite(tensor).all())
+
+
+class CompiledWithFallback:
+    """`torch.compile(module)` that falls back to `module` itself.
+
+    Compilation is lazy, so a failure shows at the first call: if compiling, or that call, raises, or the first call's
+    output is not finite where the module's own output is, `on_failure(reason)` is called and every call from then on
+    runs the module uncompiled (the failed call included). Only the first call is checked (one host synchronisation):
+    compiled code does not change between calls of the same shapes. Running out of memory is not a failure of the
+    optimization (the batch does not fit): `torch.OutOfMemoryError` propagates.
+    """
+
+    def __init__(self, module: torch.nn.Module, on_failure: Callable[[str], None]):
+        self.module, self.on_failure, self.checked = module, on_failure, False
+        self.compiled: Callable | None = None
+        try:
+            self.compiled = torch.compile(module)
+        except Exception as error:  # noqa: BLE001 - any failure of the optimization falls back
+            self._fall_back(describe_error(error))
+
+    def _fall_back(self, reason: str) -> None:
+        self.compiled = None
+        self.on_failure(reason)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is None:
+            return self.module(*args, **kwargs)
+        if self.checked:
+            return self.compiled(*args, **kwargs)
+        self.checked = True
+        try:
+            output = self.compiled(*args, **kwargs)
+        except torch.OutOfMemoryError:
+            raise  # the batch does not fit, compiled or not: the caller's to handle, not a failed optimization
+        except Exception as error:  # noqa: BLE001
+            self._fall_back(describe_error(error))
+            return self.module(*args, **kwargs)
+        if all_finite(output):
+            return output
+        plain = self.module(*args, **kwargs)
+        if all_finite(plain):
+            self._fall_back("non-finite output where the uncompiled network's is finite")
+        return plain

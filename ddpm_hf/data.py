@@ -5,7 +5,8 @@ Sources, by what `source` names:
 * nothing (None) or `"builtin:shapes"`: the built-in dataset of coloured shapes (`ddpm_hf.shapes`), generated on the
   spot, no network;
 * a folder written by `Dataset.save_to_disk`;
-* a folder of image files (read with the `imagefolder` builder);
+* a folder of image files (read with the `imagefolder` builder; `list_image_folder` lists a plain one, which that
+  builder reads as one "train" split, in the same order, about 400 times faster);
 * any other folder or a Hub name (`uoft-cs/cifar10`, `nielsr/CelebA-faces`, `../shared/data/cifar10`), read with
   `datasets.load_dataset`.
 
@@ -19,7 +20,11 @@ data fails here, before training starts, with the row (and the file, when the da
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
+import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,19 +32,24 @@ import datasets
 import numpy as np
 import PIL.Image
 import torch
+from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from tqdm.auto import tqdm
 
-from .seeding import stream_seed
+from .seeding import Stream, stream_seed
 
 __all__ = [
     "BUILTIN_SHAPES",
     "ImageData",
+    "ImageFiles",
+    "list_image_folder",
     "load_image_dataset",
     "find_image_column",
     "SUPPORTED_CHANNELS",
     "check_channels",
     "to_eight_bits",
+    "PREPARATION",
     "prepare_image",
+    "decode_row",
     "decode_images",
     "load_training_images",
     "to_model_input",
@@ -51,6 +61,16 @@ SUPPORTED_CHANNELS = (1, 3)  # images become greyscale or RGB: a model with othe
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _DATA_SUFFIXES = {".parquet", ".arrow", ".csv", ".json", ".jsonl"}
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# What `prepare_image` does, part of the key of prepared files (`ddpm_hf.image_cache`): change it with the function.
+PREPARATION = "to_eight_bits, L or RGB, bicubic resize of the shorter side, centre crop or squash; version 1"
+# What makes `datasets` read a folder of images as other than one "train" split of all of them (its data_files
+# module): a path that names a split (a folder or file name with a split word between non-letters), a metadata file,
+# a sharded split file, or the files of its other builders.
+_SPLIT_NAME = re.compile(
+    r"(?:^|[-._ 0-9/])(?:train|training|validation|valid|dev|val|test|testing|eval|evaluation)(?:[-._ 0-9/]|$)"
+)
+_SHARDED_SPLIT = re.compile(r"data/[^/]*-[0-9]{5}-of-[0-9]{5}[^/]*\.[^/]*")
+_NOT_PLAIN_NAMES = {"metadata.csv", "metadata.jsonl", "metadata.parquet", "task.toml", "instruction.md"}
 
 
 @dataclass
@@ -58,16 +78,18 @@ class ImageData:
     """Decoded training images.
 
     Attributes:
-        images: uint8 tensor (N, C, H, W).
+        images: uint8 tensor (N, C, H, W), in memory or mapped from a prepared file (`ddpm_hf.image_cache`).
         source: where they came from (for logs and model cards).
         split: the split they came from.
         column: the image column that was read.
+        file: the prepared file the images are mapped from, if they are.
     """
 
     images: torch.Tensor
     source: str
     split: str
     column: str
+    file: Path | None = None
 
 
 def _is_image_folder(path: Path) -> bool:
@@ -79,6 +101,62 @@ def _is_image_folder(path: Path) -> bool:
             return False
         has_images = has_images or file.suffix.lower() in _IMAGE_SUFFIXES
     return has_images
+
+
+@dataclass
+class ImageFiles:
+    """The images of a plain image folder, in the order `datasets`' imagefolder reads them.
+
+    Attributes:
+        folder: the folder.
+        names: the files' paths relative to `folder` ("/" between folders), sorted as strings.
+        fingerprint: SHA-256 (hex) of every file's (name, size, modification time): any change to a file changes it.
+    """
+
+    folder: Path
+    names: list[str]
+    fingerprint: str
+
+
+def _walk(folder: str, prefix: str = "") -> Iterator[tuple[str, os.DirEntry]]:
+    """The files under `folder` as (path relative to it, entry), in the string order of those paths (a folder sorts
+    as its name followed by "/"), skipping hidden files and folders (".name") and "__name" folders as `datasets`
+    does."""
+    with os.scandir(folder) as scan:
+        entries = sorted((e for e in scan if not e.name.startswith(".")), key=lambda e: e.name + "/" * e.is_dir())
+    for entry in entries:
+        if not entry.is_dir():
+            yield prefix + entry.name, entry
+        elif not entry.name.startswith("__"):
+            yield from _walk(entry.path, f"{prefix}{entry.name}/")
+
+
+def _keeps_the_folder_plain(name: str) -> bool:
+    """Whether `datasets` still reads a folder that holds a file of relative path `name` as one "train" split."""
+    suffix = os.path.splitext(name)[1].lower()
+    return not (
+        _SPLIT_NAME.search(name) or _SHARDED_SPLIT.fullmatch(name) or os.path.basename(name) in _NOT_PLAIN_NAMES
+        or suffix in _DATA_SUFFIXES or suffix == ".eval"
+    )  # fmt: skip
+
+
+def list_image_folder(folder: Path) -> ImageFiles | None:
+    """The image files of `folder` when `datasets` reads it as one "train" split of all of them (no path names a
+    split, no metadata or data file); None otherwise (`load_image_dataset` reads such a folder).
+
+    One `os.scandir` walk with a stat of each file, about 5 µs a file where `datasets`' imagefolder builder lists
+    through fsspec at about 2 ms a file (5,000 files: 0.02 s against 9.5 s), with the files that builder takes (its
+    extensions) in its order (the paths sorted as strings, which `test_image_cache` checks against it).
+    """
+    extensions, names, digest = set(ImageFolder.EXTENSIONS), [], hashlib.sha256()
+    for name, entry in _walk(str(folder)):
+        if not _keeps_the_folder_plain(name):
+            return None
+        if os.path.splitext(name)[1].lower() in extensions:
+            stat = entry.stat()
+            digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            names.append(name)
+    return ImageFiles(folder, names, digest.hexdigest()) if names else None
 
 
 def load_image_dataset(
@@ -240,6 +318,25 @@ def _file_of(value: object) -> str | None:
     return getattr(value, "filename", None) or None
 
 
+def decode_row(
+    value: object, row: int, column: str, resolution: int, channels: int, center_crop: bool = True
+) -> np.ndarray:
+    """`prepare_image` of row `row`'s undecoded image (a `datasets.Image(decode=False)` value, a PIL image or a path).
+
+    Raises:
+        ValueError: the image cannot be read; one line naming the row, and the file when the dataset recorded it.
+    """
+    try:
+        with _open_image(value) as image:
+            image.load()
+            return prepare_image(image, resolution, channels, center_crop)
+    except Exception as error:
+        file = _file_of(value)
+        where = f"row {row} of column {column!r}" + (f" (file {file})" if file else "")
+        reason = " ".join(str(error).split()) or type(error).__name__  # one line
+        raise ValueError(f"Unreadable image in {where}: {reason}") from error
+
+
 def decode_images(
     dataset: datasets.Dataset,
     column: str,
@@ -249,7 +346,7 @@ def decode_images(
     show_progress: bool = True,
     description: str = "Decoding images",
 ) -> torch.Tensor:
-    """Decode every image of `dataset[column]` with `prepare_image` into one uint8 tensor (N, C, H, W), showing a
+    """Decode every image of `dataset[column]` with `decode_row` into one uint8 tensor (N, C, H, W), showing a
     progress bar labelled `description`.
 
     Raises:
@@ -265,15 +362,7 @@ def decode_images(
     with tqdm(total=len(dataset), desc=description, unit="img", disable=not show_progress) as progress:
         for batch in rows:
             for value in batch[column]:
-                try:
-                    with _open_image(value) as image:
-                        image.load()
-                        out[index] = torch.from_numpy(prepare_image(image, resolution, channels, center_crop))
-                except Exception as error:
-                    file = _file_of(value)
-                    where = f"row {index} of column {column!r}" + (f" (file {file})" if file else "")
-                    reason = " ".join(str(error).split()) or type(error).__name__  # one line
-                    raise ValueError(f"Unreadable image in {where}: {reason}") from error
+                out[index] = torch.from_numpy(decode_row(value, index, column, resolution, channels, center_crop))
                 index += 1
             progress.update(len(batch[column]))
     return out
@@ -317,7 +406,7 @@ def to_model_input(images: torch.Tensor, flip: torch.Tensor | None = None) -> to
 
 @functools.lru_cache(maxsize=2)  # a batch reads one epoch's permutation, or two where it straddles them
 def _epoch_permutation(num_images: int, seed: int, epoch: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(stream_seed(seed, 0, epoch))
+    generator = torch.Generator().manual_seed(stream_seed(seed, Stream.EPOCH_ORDER, epoch))
     return torch.randperm(num_images, generator=generator)
 
 

@@ -37,7 +37,9 @@ from .sampling import (
     inference_steps,
     load_pipeline,
     positive_int,
+    sample_seed,
 )
+from .seeding import Stream, stream_seed
 
 __all__ = ["write_figures", "build_parser", "main"]
 
@@ -113,7 +115,8 @@ def _draw_figures(
     eta: float | None,
     label: Callable[[str], None],
 ) -> dict[str, Path]:
-    generators = [torch.Generator(pipeline._execution_device).manual_seed(seed + i) for i in range(num_samples)]
+    device = pipeline._execution_device
+    generators = [torch.Generator(device).manual_seed(sample_seed(seed, i)) for i in range(num_samples)]
     paths = {}
 
     label(f"Sample grid ({num_samples} images)")
@@ -140,6 +143,11 @@ def _draw_figures(
     return paths
 
 
+def _figure_generator(seed: int, *keys: int) -> torch.Generator:
+    """The generator of a figure's noise (keys: the figure's number, then its t)."""
+    return torch.Generator().manual_seed(stream_seed(seed, Stream.FIGURES, *keys))
+
+
 def _draw_ddpm_figures(
     pipeline: DDPMPipeline, output_dir: Path, originals: torch.Tensor, seed: int, label: Callable[[str], None]
 ) -> dict[str, Path]:
@@ -150,7 +158,7 @@ def _draw_ddpm_figures(
     for t in (T - 1, 3 * T // 4, T // 2, T // 4):  # the paper's 1000, 750, 500, 250
         label(f"Fig. 7: shared latents from t = {t + 1}")
         shared, x_t = pipeline.shared_latent_samples(
-            originals[:1], t, num_samples=3, generator=torch.Generator().manual_seed(seed + t), output_type="pt"
+            originals[:1], t, num_samples=3, generator=_figure_generator(seed, 7, t), output_type="pt"
         )
         tiles.extend([x_t[0], *shared])
     paths["shared_latents"] = output_dir / "shared_latents.png"
@@ -159,7 +167,7 @@ def _draw_ddpm_figures(
     lambdas = [i / 10 for i in range(11)]
     label(f"Fig. 8: interpolation from t = {T // 2 + 1}")
     mixes = pipeline.interpolate(
-        originals[:1], originals[1:2], T // 2, lambdas, generator=torch.Generator().manual_seed(seed), output_type="pt"
+        originals[:1], originals[1:2], T // 2, lambdas, generator=_figure_generator(seed, 8), output_type="pt"
     ).images
     ends = (originals[:2].to(mixes.device, mixes.dtype) + 1) / 2
     paths["interpolation"] = output_dir / "interpolation.png"

@@ -11,6 +11,7 @@ as its contract says (see `ddpm_hf.samplers`), and saved under its own name.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -27,7 +28,15 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .acceleration import Speedups, autocast, tf32_enabled
+from .acceleration import (
+    CompiledWithFallback,
+    Speedups,
+    all_finite,
+    autocast,
+    describe_error,
+    tf32_enabled,
+    warn_switched_off,
+)
 from .cuda_graphs import Denoiser, GraphedReverseProcess, can_graph
 from .samplers import check_eta, check_progressive_generation, check_respace, step_arguments
 from .scheduler import DDPMScheduler
@@ -74,8 +83,35 @@ class _Acceleration:
     """The speed-up state of a pipeline: the settings, and what they built (a compiled UNet, a captured graph)."""
 
     speedups: Speedups | None = None  # None: never enabled, everything off
-    compiled_unet: tuple[UNet2DModel, torch.nn.Module] | None = None  # (the UNet, its compiled module)
+    compiled_unet: tuple[UNet2DModel, CompiledWithFallback] | None = None  # (the UNet, its compiled module)
     graphs: dict[tuple, GraphedReverseProcess] = field(default_factory=dict)  # at most one: the last batch shape
+
+    def switch_off(self, name: str, reason: str) -> None:
+        """A speed-up failed: warn, and sample without it from now on (the settings of `enable_speedups` change)."""
+        warn_switched_off(name, reason, "sampling")
+        self.speedups = dataclasses.replace(self.speedups or Speedups(), **{name: False})
+        self.graphs.clear()
+
+
+def _random_state(generator: Generators) -> Callable[[], None]:
+    """A function that puts the generators (torch's default ones for None) back into their present state."""
+    if generator is None:
+        cpu, cuda = torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+        def restore() -> None:
+            torch.set_rng_state(cpu)
+            if cuda is not None:
+                torch.cuda.set_rng_state_all(cuda)
+
+        return restore
+    generators = generator if isinstance(generator, list) else [generator]
+    states = [g.get_state() for g in generators]
+
+    def restore_generators() -> None:
+        for g, state in zip(generators, states, strict=True):
+            g.set_state(state)
+
+    return restore_generators
 
 
 class DDPMPipeline(DiffusionPipeline):
@@ -277,41 +313,81 @@ class DDPMPipeline(DiffusionPipeline):
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("image",),
     ) -> torch.Tensor:
-        """Run the scheduler's chain from `image` over `self.scheduler.timesteps` and return the last sample.
-
-        The loop is the contract of diffusers' schedulers (Algorithm 2, lines 2-5, for DDPM): the network sees
-        `scale_model_input(x_t, t)` (x_t itself for DDPM and DDIM), and `step` gets the generator when it draws
-        noise and η when given. A scheduler of order 2 (Heun) lists each inner timestep twice: one network
-        evaluation per entry. With CUDA graphs on, DDPM's chain is replayed from a captured step
-        (`ddpm_hf.cuda_graphs`); every other scheduler, and any chain with a callback, runs this loop.
-        """
+        """Run the scheduler's chain from `image` over `self.scheduler.timesteps` and return the last sample: replayed
+        from a captured step with CUDA graphs on (DDPM and DDIM, no callback), else by the step loop."""
         was_training = self.unet.training
         self.unet.eval()  # sampling never uses dropout, whatever mode the caller left the network in
+        try:
+            # TF32 as the speed-ups say, either way (PyTorch's default has it on for cuDNN convolutions); without
+            # `enable_speedups`, PyTorch's defaults, as diffusers runs
+            enabled = self._acceleration.speedups is not None
+            with tf32_enabled(self.active_speedups().tf32) if enabled else contextlib.nullcontext():
+                if on_step is None and callback_on_step_end is None:
+                    sample = self._graphed_sample(image, generator, eta)
+                    if sample is not None:
+                        return sample
+                return self._step_loop(
+                    image, generator, eta, on_step, callback_on_step_end, callback_on_step_end_tensor_inputs
+                )
+        finally:
+            self.unet.train(was_training)
+
+    def _step_loop(
+        self,
+        image: torch.Tensor,
+        generator: Generators,
+        eta: float | None,
+        on_step: StepObserver | None,
+        callback_on_step_end: StepCallback | None,
+        callback_on_step_end_tensor_inputs: Sequence[str],
+    ) -> torch.Tensor:
+        """The loop of diffusers' scheduler contract (Algorithm 2, lines 2-5, for DDPM): the network sees
+        `scale_model_input(x_t, t)` (x_t itself for DDPM and DDIM), and `step` gets the generator when it draws noise
+        and η when given. A scheduler of order 2 (Heun) lists each inner timestep twice: one network evaluation per
+        entry."""
         speedups = self.active_speedups()
         denoise = self._denoiser(speedups)
         step_kwargs = step_arguments(self.scheduler, generator, eta)
+        timesteps = self.scheduler.timesteps
+        # with speed-ups the network reads t from the device: no host-to-device copy (and wait) per step
+        network_timesteps = timesteps if speedups == Speedups.off() else timesteps.to(image.device)
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            model_input = self.scheduler.scale_model_input(image, t)
+            model_output = denoise(model_input, network_timesteps[i])  # ε_θ(x_t, t)
+            step = self.scheduler.step(model_output, t, image, **step_kwargs)
+            image = step.prev_sample  # x_{t−1} = μ_θ(x_t, t) + σ_t z for DDPM
+            if on_step is not None:
+                on_step(i, int(t), image, step)
+            if callback_on_step_end is not None:
+                tensors = {"image": image} if "image" in callback_on_step_end_tensor_inputs else {}
+                image = callback_on_step_end(self, i, int(t), tensors).get("image", image)
+        return image
+
+    def _graphed_sample(self, image: torch.Tensor, generator: Generators, eta: float | None) -> torch.Tensor | None:
+        """x_0 from the captured step (`ddpm_hf.cuda_graphs`), or None where CUDA graphs are off or do not apply.
+
+        A capture or replay that raises, or non-finite samples where the step loop's are finite, switch CUDA graphs
+        off with a warning; the generators are put back, so the step loop then draws the same noise."""
+        speedups = self.active_speedups()
+        if not (speedups.cuda_graphs and can_graph(self.scheduler)):
+            return None
+        restore_generators = _random_state(generator)
         try:
-            with tf32_enabled(True) if speedups.tf32 else contextlib.nullcontext():
-                if speedups.cuda_graphs and on_step is None and callback_on_step_end is None and self._graphable():
-                    return self._graphed_reverse_process(image, denoise, speedups).run(
-                        image, generator, self.progress_bar
-                    )
-                timesteps = self.scheduler.timesteps
-                # with speed-ups the network reads t from the device: no host-to-device copy (and wait) per step
-                network_timesteps = timesteps if speedups == Speedups.off() else timesteps.to(image.device)
-                for i, t in enumerate(self.progress_bar(timesteps)):
-                    model_input = self.scheduler.scale_model_input(image, t)
-                    model_output = denoise(model_input, network_timesteps[i])  # ε_θ(x_t, t)
-                    step = self.scheduler.step(model_output, t, image, **step_kwargs)
-                    image = step.prev_sample  # x_{t−1} = μ_θ(x_t, t) + σ_t z for DDPM
-                    if on_step is not None:
-                        on_step(i, int(t), image, step)
-                    if callback_on_step_end is not None:
-                        tensors = {"image": image} if "image" in callback_on_step_end_tensor_inputs else {}
-                        image = callback_on_step_end(self, i, int(t), tensors).get("image", image)
-                return image
-        finally:
-            self.unet.train(was_training)
+            process = self._graphed_reverse_process(image, self._denoiser(speedups), speedups, eta)
+            sample = process.run(image, generator, self.progress_bar)
+        except torch.OutOfMemoryError:
+            raise  # the batch does not fit: the caller's to handle, not a failed optimization
+        except Exception as error:  # noqa: BLE001 - an optimization never ends the sampling
+            self._acceleration.switch_off("cuda_graphs", describe_error(error))
+            restore_generators()
+            return None
+        if all_finite(sample):
+            return sample
+        restore_generators()
+        plain = self._step_loop(image, generator, eta, None, None, ())
+        if all_finite(plain):
+            self._acceleration.switch_off("cuda_graphs", "non-finite samples where the step loop's are finite")
+        return plain
 
     # ---------------------------------------------------------------------------------------------------------
     # Speed-ups (ddpm_hf.acceleration): bf16, TF32, channels-last, torch.compile, CUDA graphs
@@ -324,9 +400,11 @@ class DDPMPipeline(DiffusionPipeline):
         x_t and the scheduler's arithmetic stay in float32 and the noise is drawn from the same generators in the
         same order, so the images differ from those of the plain pipeline (and of `diffusers.DDPMPipeline`) only by
         the rounding of the faster arithmetic; bf16's deviation is measured in `benchmarks/README.md`. CUDA graphs
-        are used for `ddpm_hf.DDPMScheduler` with fixed variances when no step callback is given (other schedulers run
+        replay DDPM's step (fixed variances) and DDIM's (any η) when no step callback is given (other schedulers run
         the step loop); the graph of the last batch shape and chain length is kept. Channels-last converts the UNet's
-        weights in place at the first call (saving is unaffected). Returns the pipeline.
+        weights in place at the first call (saving is unaffected). A speed-up that fails (compile or capture raises,
+        or gives non-finite images where the plain computation does not) is switched off with a warning, and the
+        call goes on without it. Returns the pipeline.
         """
         self._acceleration = _Acceleration(speedups if speedups is not None else Speedups())
         return self
@@ -340,10 +418,6 @@ class DDPMPipeline(DiffusionPipeline):
         speedups = self._acceleration.speedups
         return Speedups.off() if speedups is None else speedups.resolve(self._execution_device)
 
-    def _graphable(self) -> bool:
-        """Whether the chain can be replayed from a captured step: DDPM's, with a fixed σ_t (`can_graph`)."""
-        return isinstance(self.scheduler, DDPMScheduler) and can_graph(self.scheduler)
-
     def _denoiser(self, speedups: Speedups) -> Denoiser:
         """The network as the reverse loop calls it, `(x_t, t) -> output`, with the speed-ups applied."""
         if speedups == Speedups.off():
@@ -354,7 +428,8 @@ class DDPMPipeline(DiffusionPipeline):
         if speedups.compile:
             acceleration = self._acceleration
             if acceleration.compiled_unet is None or acceleration.compiled_unet[0] is not self.unet:
-                acceleration.compiled_unet = (self.unet, torch.compile(self.unet))
+                fall_back = lambda reason: acceleration.switch_off("compile", reason)  # noqa: E731
+                acceleration.compiled_unet = (self.unet, CompiledWithFallback(self.unet, fall_back))
             unet = acceleration.compiled_unet[1]
         device = self._execution_device
 
@@ -367,18 +442,18 @@ class DDPMPipeline(DiffusionPipeline):
         return denoise
 
     def _graphed_reverse_process(
-        self, image: torch.Tensor, denoise: Denoiser, speedups: Speedups
+        self, image: torch.Tensor, denoise: Denoiser, speedups: Speedups, eta: float | None
     ) -> GraphedReverseProcess:
-        """The captured reverse process for this batch shape, chain length, network, scheduler and speed-ups."""
+        """The captured reverse process for this batch shape, chain length, network, scheduler, η and speed-ups."""
         key = (
-            tuple(image.shape), image.dtype, image.device, len(self.scheduler.timesteps), speedups,
-            id(self.unet), repr(sorted(self.scheduler.config.items())),
+            tuple(image.shape), image.dtype, image.device, len(self.scheduler.timesteps), speedups, eta,
+            id(self.unet), type(self.scheduler), repr(sorted(self.scheduler.config.items())),
         )  # fmt: skip
         graphs = self._acceleration.graphs
         if key not in graphs:
             graphs.clear()  # one graph at a time: each keeps its own activation memory
             graphs[key] = GraphedReverseProcess(
-                denoise, self.scheduler, tuple(image.shape), image.dtype, image.device, capture=image.is_cuda
+                denoise, self.scheduler, tuple(image.shape), image.dtype, image.device, capture=image.is_cuda, eta=eta
             )
         return graphs[key]
 

@@ -43,7 +43,7 @@ from .hub import HubError, check_pipeline_folder, download_pipeline
 from .pipeline import DDPMPipeline
 from .samplers import add_scheduler_arguments, check_eta, check_respace, scheduler_from_name
 from .scheduler import DDPMScheduler
-from .seeding import stream_seed
+from .seeding import Stream, stream_seed
 
 __all__ = [
     "MANIFEST_NAME",
@@ -61,14 +61,13 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "manifest.json"  # what drew a samples folder's images (see the module docstring)
-_SAMPLE_STREAM = 3  # the purpose key of sample seeds (see ddpm_hf.seeding)
 _SAMPLE_FILE = re.compile(r"\d{6,}\.png")
 _PNG_MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # what PIL writes for uint8 images of that many channels
 
 
 def sample_seed(seed: int, index: int) -> int:
     """The seed of image `index` of a sampling run seeded with `seed`."""
-    return stream_seed(seed, _SAMPLE_STREAM, index)
+    return stream_seed(seed, Stream.SAMPLES, index)
 
 
 # ---- Loading a pipeline ----------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ Each equation is written once. Every scalar of a reverse step x_t → x_{t'} is 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -43,7 +43,10 @@ __all__ = [
     "DDPMSchedulerOutput",
     "ModelPrediction",
     "ReverseVariance",
+    "Coefficients",
     "StepCoefficients",
+    "original_sample",
+    "predicted_noise",
     "BETA_SCHEDULES",
     "VARIANCE_TYPES",
     "PREDICTION_TYPES",
@@ -65,8 +68,36 @@ def sqrt_alphas(alpha_prod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return alpha_prod ** (0.5), (1 - alpha_prod) ** (0.5)
 
 
+class Coefficients:
+    """A dataclass of a step's scalars (0-dim tensors), or of many steps' (1-d tables, one row per step)."""
+
+    @classmethod
+    def stack(cls: type[C], steps: list[C]) -> C:
+        """The coefficients of many steps, each field a 1-d tensor over `steps`."""
+        return cls(**{f.name: torch.stack([getattr(c, f.name) for c in steps]) for f in fields(cls)})
+
+    def to(self: C, device: torch.device | str) -> C:
+        """The same coefficients on `device`."""
+        return type(self)(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def copy_(self: C, other: C) -> C:
+        """Overwrite these tables with `other`'s values, in place (a captured CUDA graph reads their memory)."""
+        for f in fields(self):
+            getattr(self, f.name).copy_(getattr(other, f.name))
+        return self
+
+    def select(self: C, index: torch.Tensor) -> C:
+        """Step `index` (a 1-element long tensor) of stacked coefficients as 0-dim tensors, which combine with a
+        sample exactly as a step's own scalars do: an `index_select` on the tables' device, with no host
+        synchronisation."""
+        return type(self)(**{f.name: getattr(self, f.name).index_select(0, index)[0] for f in fields(self)})
+
+
+C = TypeVar("C", bound=Coefficients)
+
+
 @dataclass
-class StepCoefficients:
+class StepCoefficients(Coefficients):
     """The scalars of reverse steps x_t → x_{t'}: 0-dim tensors for one step, or one value per step or per image.
 
     Attributes:
@@ -107,19 +138,33 @@ class StepCoefficients:
             large_variance=current_beta_t,
         )
 
-    @classmethod
-    def stack(cls, steps: list[StepCoefficients]) -> StepCoefficients:
-        """The coefficients of many steps, each field a 1-d tensor over `steps`."""
-        return cls(**{f.name: torch.stack([getattr(c, f.name) for c in steps]) for f in fields(cls)})
 
-    def to(self, device: torch.device | str) -> StepCoefficients:
-        """The same coefficients on `device`."""
-        return StepCoefficients(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+def original_sample(
+    prediction_type: str, c: StepCoefficients, model_output: torch.Tensor, sample: torch.Tensor
+) -> torch.Tensor:
+    """x̂_0 from the network's output at x_t, unclipped, for every `prediction_type` (Table 2), in the operations of
+    diffusers' DDPM and DDIM steps. `c` needs √ᾱ_t and √(1 − ᾱ_t) (and μ̃_t's factors for "mean")."""
+    if prediction_type == "epsilon":  # x̂_0 = (x_t − √(1 − ᾱ_t) ε_θ) / √ᾱ_t   (eq. 15)
+        return (sample - c.sqrt_beta_prod * model_output) / c.sqrt_alpha_prod
+    if prediction_type == "sample":
+        return model_output
+    if prediction_type == "v_prediction":  # x̂_0 = √ᾱ_t x_t − √(1 − ᾱ_t) v   (Salimans & Ho 2022)
+        return c.sqrt_alpha_prod * sample - c.sqrt_beta_prod * model_output
+    # "mean": μ̃_t (eq. 7) solved for x_0
+    return (model_output - c.current_sample_coeff * sample) / c.pred_original_sample_coeff
 
-    def select(self, index: torch.Tensor) -> StepCoefficients:
-        """Step `index` (a 1-element long tensor) of stacked coefficients as 0-dim tensors, which combine with a
-        sample exactly as `step`'s do: an `index_select` on the tables' device, with no host synchronisation."""
-        return StepCoefficients(**{f.name: getattr(self, f.name).index_select(0, index)[0] for f in fields(self)})
+
+def predicted_noise(
+    prediction_type: str, c: StepCoefficients, model_output: torch.Tensor, sample: torch.Tensor,
+    pred_original_sample: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    """ε̂ of the network's output at x_t, in the operations of diffusers' DDIM step: ε_θ itself, or x_t = √ᾱ_t x̂_0 +
+    √(1 − ᾱ_t) ε (eq. 4) solved for ε, or for v-prediction ε = √ᾱ_t v + √(1 − ᾱ_t) x_t."""
+    if prediction_type == "epsilon":
+        return model_output
+    if prediction_type == "v_prediction":
+        return c.sqrt_alpha_prod * model_output + c.sqrt_beta_prod * sample
+    return (sample - c.sqrt_alpha_prod * pred_original_sample) / c.sqrt_beta_prod
 
 
 @dataclass
@@ -551,16 +596,8 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
     # ---------------------------------------------------------------------------------------------------------
 
     def original_sample(self, c: StepCoefficients, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-        """x̂_0 from the network's output at x_t, unclipped, for every `prediction_type` (Table 2)."""
-        prediction_type = self.config.prediction_type
-        if prediction_type == "epsilon":  # x̂_0 = (x_t − √(1 − ᾱ_t) ε_θ) / √ᾱ_t   (eq. 15)
-            return (sample - c.sqrt_beta_prod * model_output) / c.sqrt_alpha_prod
-        if prediction_type == "sample":
-            return model_output
-        if prediction_type == "v_prediction":  # x̂_0 = √ᾱ_t x_t − √(1 − ᾱ_t) v   (Salimans & Ho 2022)
-            return c.sqrt_alpha_prod * sample - c.sqrt_beta_prod * model_output
-        # "mean": μ̃_t (eq. 7) solved for x_0
-        return (model_output - c.current_sample_coeff * sample) / c.pred_original_sample_coeff
+        """x̂_0 from the network's output at x_t, unclipped, for this scheduler's `prediction_type` (Table 2)."""
+        return original_sample(self.config.prediction_type, c, model_output, sample)
 
     def posterior_mean(self, c: StepCoefficients, original_sample: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """μ̃_t(x_t, x_0), the mean of q(x_{t'} | x_t, x_0)   (eq. 7)."""

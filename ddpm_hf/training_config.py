@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .samplers import scheduler_from_name
 from .scheduler import BETA_SCHEDULES, LOSS_TYPES, PREDICTION_TYPES, VARIANCE_TYPES
 from .unet import PRESETS as UNET_PRESETS
 from .unet import check_unet_config, load_unet_config, unet_config
@@ -46,7 +47,9 @@ class TrainingConfig:
     resolution: int | None = _help("image size; none: the UNet's sample_size", None)
     center_crop: bool = _help("resize the shorter side and crop the centre (else: squash to a square)", True)
     random_flip: bool = _help("random horizontal flips", True)
-    cache_dir: str | None = _help("the datasets cache folder", None)
+    cache_dir: str | None = _help(
+        "the datasets cache folder, and where the prepared images go (default: ddpm_hf's cache, $DDPM_HF_CACHE)", None
+    )
     # Model
     unet: str = _help(f"a UNet preset ({', '.join(UNET_PRESETS)}) or a UNet2DModel config.json", "ddpm-small")
     dropout: float | None = _help("override the UNet's dropout", None)
@@ -91,8 +94,14 @@ class TrainingConfig:
     sample_steps: int = _help("save a sample grid from the EMA model every N steps", 10_000)
     num_sample_images: int = _help("images in each sample grid", 64)
     sample_inference_steps: int | None = _help("sampling steps for the grids; none: T", None)
+    scheduler: str = _help(
+        "the sampler of the grids and FIDs: ddpm, ddim, dpm-solver++, unipc, euler, euler-ancestral, heun, pndm or a "
+        "diffusers scheduler class name; the saved pipeline keeps the run's DDPM scheduler",
+        "ddpm",
+    )
+    eta: float | None = _help("DDIM's η for the grids and FIDs (0: deterministic); DDIM only", None)
     report_to: str = _help(f"Accelerate tracker: {', '.join(REPORT_TO)}", "tensorboard")
-    # Evaluation during training (ddpm_hf.evaluate): FID of the EMA model against the training split
+    # Evaluation during training (ddpm_hf.measures): FID of the EMA model against the training split
     fid_steps: int | None = _help("compute the FID of the EMA model every N steps and keep the best; none: never", None)
     fid_num_samples: int = _help("samples per FID", 5000)
     fid_inference_steps: int | None = _help("sampling steps for the FID (fewer than T: respaced); none: T", None)
@@ -175,6 +184,7 @@ class TrainingConfig:
             value = getattr(self, name)
             if value is not None and value > self.num_train_timesteps:
                 raise ValueError(f"{name}={value} exceeds num_train_timesteps={self.num_train_timesteps}.")
+        scheduler_from_name(self.scheduler, {"num_train_timesteps": self.num_train_timesteps}, self.eta)  # and η
         if self.fid_steps is not None and self.fid_num_samples < 2:
             raise ValueError(f"fid_num_samples must be ≥ 2 (a covariance), got {self.fid_num_samples}.")
 

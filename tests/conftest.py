@@ -37,7 +37,7 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
-from ddpm_hf import create_unet
+from ddpm_hf import DDPMPipeline, DDPMScheduler, create_unet
 
 TEST_HF_HOME = os.environ["HF_HOME"]
 
@@ -52,6 +52,14 @@ def tiny_unet() -> UNet2DModel:
     """A freshly initialised `ddpm-tiny` UNet (16×16, every kind of block), with the same weights in every test."""
     torch.manual_seed(0)
     return create_unet("ddpm-tiny")
+
+
+@pytest.fixture
+def pipeline(tiny_unet) -> DDPMPipeline:
+    """`tiny_unet` with a DDPM scheduler of T = 10 steps, its progress bar off: a whole chain in milliseconds."""
+    pipe = DDPMPipeline(unet=tiny_unet, scheduler=DDPMScheduler(num_train_timesteps=10))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 @pytest.fixture(scope="module")

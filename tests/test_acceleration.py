@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from ddpm_hf.acceleration import (
+    CompiledWithFallback,
     Speedups,
     add_speedup_arguments,
     autocast,
+    describe_error,
     speedups_from_arguments,
     tf32_enabled,
     training_precision,
@@ -108,3 +110,70 @@ class TestCommandLine:
         with pytest.raises(SystemExit):
             self.parse("--compile", "maybe")
         assert "--compile" in capsys.readouterr().err
+
+
+class TestCompiledWithFallback:
+    """A compiled module that fails runs uncompiled, and says so once (the pipeline's and trainer's tests show the
+    whole fallback; here the wrapper alone, on a linear layer)."""
+
+    def test_a_compile_that_raises_falls_back_to_the_module(self, monkeypatch):
+        def broken(module, **kwargs):
+            raise RuntimeError("no C++ compiler found\nsecond line")
+
+        monkeypatch.setattr(torch, "compile", broken)
+        failures: list[str] = []
+        layer = torch.nn.Linear(2, 2)
+        wrapped = CompiledWithFallback(layer, failures.append)
+        x = torch.ones(1, 2)
+        assert torch.equal(wrapped(x), layer(x))
+        assert failures == ["RuntimeError: no C++ compiler found"]
+
+    def test_only_the_first_call_is_checked_and_a_finite_compiled_module_is_kept(self, monkeypatch):
+        calls = []
+
+        def counting(module, **kwargs):
+            def compiled(x):
+                calls.append(x)
+                return module(x)
+
+            return compiled
+
+        monkeypatch.setattr(torch, "compile", counting)
+        failures: list[str] = []
+        wrapped = CompiledWithFallback(torch.nn.Linear(2, 2), failures.append)
+        for _ in range(3):
+            wrapped(torch.ones(1, 2))
+        assert len(calls) == 3 and failures == [] and wrapped.compiled is not None
+
+    def test_non_finite_output_is_blamed_on_compile_only_if_the_module_is_finite(self, monkeypatch):
+        monkeypatch.setattr(torch, "compile", lambda module, **kwargs: lambda x: module(x) * float("nan"))
+        failures: list[str] = []
+        layer = torch.nn.Linear(2, 2)
+        assert torch.isfinite(CompiledWithFallback(layer, failures.append)(torch.ones(1, 2))).all()
+        assert failures == ["non-finite output where the uncompiled network's is finite"]
+        failures.clear()
+        infinite = torch.full((1, 2), float("inf"))  # the module itself overflows: compile is not to blame
+        wrapped = CompiledWithFallback(layer, failures.append)
+        assert not torch.isfinite(wrapped(infinite)).all()
+        assert failures == [] and wrapped.compiled is not None
+
+    def test_running_out_of_memory_is_raised_not_blamed_on_compile(self, monkeypatch):
+        """The batch does not fit, compiled or not: the error reaches the caller and compile stays on."""
+
+        def out_of_memory(module, **kwargs):
+            def compiled(x):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+            return compiled
+
+        monkeypatch.setattr(torch, "compile", out_of_memory)
+        failures: list[str] = []
+        wrapped = CompiledWithFallback(torch.nn.Linear(2, 2), failures.append)
+        with pytest.raises(torch.OutOfMemoryError):
+            wrapped(torch.ones(1, 2))
+        assert failures == [] and wrapped.compiled is not None
+
+
+def test_describe_error_is_one_line_with_the_type():
+    assert describe_error(ValueError("first\nsecond")) == "ValueError: first"
+    assert describe_error(KeyError()) == "KeyError"

@@ -33,6 +33,13 @@ ROWS = [
     Refusal("infinite learning rate", [*TINY, *OUT, "--learning-rate", "inf"], "learning_rate must be a finite number"),
     Refusal("NaN beta", [*TINY, *OUT, "--beta-end", "nan"], "beta_end must be a finite number"),
     Refusal("bad precision", [*TINY, *OUT, "--mixed-precision", "fp8"], "mixed_precision must be one of"),
+    Refusal(
+        "unknown sampler",
+        [*TINY, *OUT, "--scheduler", "ddim2"],
+        r"unknown scheduler 'ddim2': use ddpm, ddim, dpm-solver\+\+, unipc, euler, euler-ancestral, heun, pndm",
+    ),
+    Refusal("eta without DDIM", [*TINY, *OUT, "--eta", "0.5"], r"eta \(--eta\) is DDIM's noise scale; the DDPMSchedu"),
+    Refusal("negative eta", [*TINY, *OUT, "--scheduler", "ddim", "--eta", "-1"], r"eta \(--eta\) must be a finite num"),
     Refusal("push without repo", [*TINY, *OUT, "--push-to-hub"], r"push_to_hub needs hub_repo_id"),
     Refusal(
         "resolution vs downsampling",

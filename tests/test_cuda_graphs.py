@@ -1,13 +1,15 @@
 """Specification of `ddpm_hf.cuda_graphs`: the reverse process from fixed buffers and on-device tables.
 
-On the CPU the buffered step runs without capture and must give the eager loop's images bit for bit; the capture
-itself needs a CUDA GPU (those tests skip without one).
+On the CPU the buffered step runs without capture and must give the eager loop's images bit for bit, for DDPM
+(`ddpm_hf.DDPMScheduler.step`) and DDIM (`diffusers.DDIMScheduler.step`, every η); the capture itself needs a CUDA GPU
+(those tests skip without one).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
 from ddpm_hf import DDPMPipeline, DDPMScheduler
 from ddpm_hf.acceleration import Speedups
@@ -23,19 +25,20 @@ def generators(count: int, device: str = "cpu") -> list[torch.Generator]:
     return [torch.Generator(device).manual_seed(100 + i) for i in range(count)]
 
 
-def eager_samples(unet, scheduler: DDPMScheduler, x_T: torch.Tensor, generator) -> torch.Tensor:
-    """Algorithm 2 as the plain pipeline runs it: the UNet, then `DDPMScheduler.step`, for every t; x_t kept in the
-    buffer's (contiguous) layout, as the CPU convolutions' results depend on the layout of their input (the step's
-    result takes the UNet output's layout for x̂_0-prediction)."""
+def eager_samples(unet, scheduler, x_T: torch.Tensor, generator, eta: float | None = None) -> torch.Tensor:
+    """The loop as the plain pipeline runs it: the UNet, then the scheduler's `step` (with η for DDIM), for every t;
+    x_t kept in the buffer's (contiguous) layout, as the CPU convolutions' results depend on the layout of their
+    input (the step's result takes the UNet output's layout for x̂_0-prediction)."""
+    step_kwargs = {} if eta is None else {"eta": eta}
     x = x_T
     for t in scheduler.timesteps:
-        x = scheduler.step(unet(x, t).sample, t, x, generator=generator).prev_sample.contiguous()
+        x = scheduler.step(unet(x, t).sample, t, x, generator=generator, **step_kwargs).prev_sample.contiguous()
     return x
 
 
-def buffered_samples(unet, scheduler: DDPMScheduler, x_T: torch.Tensor, generator) -> torch.Tensor:
+def buffered_samples(unet, scheduler, x_T: torch.Tensor, generator, eta: float | None = None) -> torch.Tensor:
     process = GraphedReverseProcess(
-        lambda x, t: unet(x, t).sample, scheduler, tuple(x_T.shape), x_T.dtype, x_T.device, capture=False
+        lambda x, t: unet(x, t).sample, scheduler, tuple(x_T.shape), x_T.dtype, x_T.device, capture=False, eta=eta
     )
     return process.run(x_T, generator)
 
@@ -66,6 +69,43 @@ def test_buffered_steps_give_the_eager_loops_images_bit_for_bit(tiny_unet, confi
     x_T = initial_noise(3)
     expected = eager_samples(tiny_unet, scheduler, x_T, generators(3))
     assert torch.equal(buffered_samples(tiny_unet, scheduler, x_T, generators(3)), expected)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"prediction_type": "sample"},
+        {"prediction_type": "v_prediction", "clip_sample": False},
+        {"set_alpha_to_one": False, "clip_sample_range": 0.5},
+        {"timestep_spacing": "trailing", "rescale_betas_zero_snr": True, "prediction_type": "v_prediction"},
+        {"beta_schedule": "squaredcos_cap_v2", "steps_offset": 1},
+    ],
+    ids=lambda config: ",".join(f"{k}={v}" for k, v in config.items()) or "default",
+)
+@torch.no_grad()
+def test_buffered_ddim_steps_give_diffusers_ddim_images_bit_for_bit(tiny_unet, config, eta):
+    """The DDIM step of the graph is `DDIMScheduler.step`'s arithmetic: the same images for η = 0 (no draws) and η > 0
+    (one draw per step, the last included), for every prediction type, clipping, final ᾱ and spacing."""
+    tiny_unet.eval()
+    scheduler = DDIMScheduler(num_train_timesteps=100, **config)
+    scheduler.set_timesteps(10)
+    x_T = initial_noise(3)
+    expected = eager_samples(tiny_unet, scheduler, x_T, generators(3), eta)
+    assert torch.equal(buffered_samples(tiny_unet, scheduler, x_T, generators(3), eta=eta), expected)
+
+
+@torch.no_grad()
+def test_ddim_without_eta_is_deterministic_ddim(tiny_unet):
+    """η defaults to 0, as in `DDIMScheduler.step`: no noise is drawn, so the generator is not consumed."""
+    tiny_unet.eval()
+    scheduler = DDIMScheduler(num_train_timesteps=100)
+    scheduler.set_timesteps(5)
+    generator = torch.Generator().manual_seed(3)
+    samples = buffered_samples(tiny_unet, scheduler, initial_noise(2), generator)
+    assert torch.equal(samples, eager_samples(tiny_unet, scheduler, initial_noise(2), None, 0.0))
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(3).get_state())
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -119,15 +159,32 @@ def test_the_run_does_not_change_the_initial_noise_it_is_given(tiny_unet):
 
 
 class TestRefusals:
-    def test_learned_variances_and_thresholding_cannot_be_graphed(self, tiny_unet):
-        for config in ({"variance_type": "learned_range"}, {"variance_type": "learned"}, {"thresholding": True}):
-            scheduler = DDPMScheduler(num_train_timesteps=10, **config)
-            scheduler.set_timesteps(10)
-            assert not can_graph(scheduler)
-            with pytest.raises(ValueError, match="fixed variance"):
-                GraphedReverseProcess(
-                    lambda x, t: x, scheduler, (1, 3, 16, 16), torch.float32, torch.device("cpu"), capture=False
-                )
+    @pytest.mark.parametrize(
+        "scheduler",
+        [
+            DDPMScheduler(num_train_timesteps=10, variance_type="learned_range"),
+            DDPMScheduler(num_train_timesteps=10, variance_type="learned"),
+            DDPMScheduler(num_train_timesteps=10, thresholding=True),
+            DDIMScheduler(num_train_timesteps=10, thresholding=True),
+            EulerDiscreteScheduler(num_train_timesteps=10),
+        ],
+        ids=["learned_range", "learned", "ddpm-thresholding", "ddim-thresholding", "euler"],
+    )
+    def test_learned_variances_thresholding_and_other_schedulers_cannot_be_graphed(self, scheduler):
+        scheduler.set_timesteps(10)
+        assert not can_graph(scheduler)
+        with pytest.raises(ValueError, match=f"fixed variance or DDIM's.*not the {type(scheduler).__name__}"):
+            GraphedReverseProcess(
+                lambda x, t: x, scheduler, (1, 3, 16, 16), torch.float32, torch.device("cpu"), capture=False
+            )
+
+    def test_eta_is_refused_for_ddpm(self):
+        scheduler = DDPMScheduler(num_train_timesteps=10)
+        scheduler.set_timesteps(10)
+        with pytest.raises(ValueError, match="eta is DDIM's noise scale; the DDPMScheduler takes none"):
+            GraphedReverseProcess(
+                lambda x, t: x, scheduler, (1, 3, 16, 16), torch.float32, torch.device("cpu"), capture=False, eta=0.5
+            )
 
     def test_capture_needs_a_cuda_device(self):
         scheduler = DDPMScheduler(num_train_timesteps=10)
@@ -149,16 +206,21 @@ class TestRefusals:
 
 
 @needs_cuda
+@pytest.mark.parametrize(
+    "scheduler, eta",
+    [(DDPMScheduler(num_train_timesteps=50), None), (DDIMScheduler(num_train_timesteps=100), 0.0),
+     (DDIMScheduler(num_train_timesteps=100), 1.0)],
+    ids=["ddpm", "ddim-eta-0", "ddim-eta-1"],
+)  # fmt: skip
 @torch.no_grad()
-def test_the_captured_graph_gives_the_eager_loops_images_on_the_gpu(tiny_unet):
+def test_the_captured_graph_gives_the_eager_loops_images_on_the_gpu(tiny_unet, scheduler, eta):
     unet = tiny_unet.cuda().eval()
-    scheduler = DDPMScheduler(num_train_timesteps=50)
-    scheduler.set_timesteps(50)
+    scheduler.set_timesteps(20)
     x_T = initial_noise(4).cuda()
     with torch.backends.cudnn.flags(enabled=True, deterministic=True, benchmark=False, allow_tf32=False):
-        expected = eager_samples(unet, scheduler, x_T, generators(4, "cuda"))
+        expected = eager_samples(unet, scheduler, x_T, generators(4, "cuda"), eta)
         process = GraphedReverseProcess(
-            lambda x, t: unet(x, t).sample, scheduler, tuple(x_T.shape), x_T.dtype, x_T.device
+            lambda x, t: unet(x, t).sample, scheduler, tuple(x_T.shape), x_T.dtype, x_T.device, eta=eta
         )
         assert process.graph is not None
         actual = process.run(x_T, generators(4, "cuda"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import datasets
 import numpy as np
@@ -16,6 +17,7 @@ from ddpm_hf.data import (
     decode_images,
     find_image_column,
     global_batch_indices,
+    list_image_folder,
     load_image_dataset,
     load_training_images,
     prepare_image,
@@ -106,6 +108,31 @@ class TestLoading:
         data = load_training_images(str(CIFAR10), "test", None, resolution=32, channels=3, show_progress=False)
         assert data.column == "img" and data.images.shape == (1000, 3, 32, 32) and data.images.dtype == torch.uint8
         assert 80 < data.images.float().mean() < 160  # natural images, not blank
+
+
+class TestListingAnImageFolder:
+    def test_a_plain_folder_is_listed_in_the_order_datasets_reads_it(self, tmp_path):
+        """Nested folders, names that sort differently per component and as whole paths ("a-c.png" < "a/b.png"),
+        upper-case extensions, hidden files, "__" folders and files that are not images: the same files in the same
+        order as `datasets`' imagefolder, so that a run keeps its rows when its images come from the listing."""
+        names = [
+            "a-c.png", "a/b.png", "a/Z.PNG", "a b/c.jpg", "B.png", "a.png", "ab/x.png", "a0/y.jpeg", "__x.png",
+            "__pycache__/p.png", ".hidden/h.png", "a/.h.png", "z/__q/r.png", "trainer/t.png", "é.png", "Ω/w.png",
+        ]  # fmt: skip
+        for name in names:
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            PIL.Image.new("RGB", (4, 4)).save(tmp_path / name, format="PNG")
+        (tmp_path / "README.md").write_text("not an image")
+        loaded = datasets.load_dataset(
+            "imagefolder", data_dir=str(tmp_path), split="train", cache_dir=str(tmp_path / ".c")
+        )
+        paths = [row["path"] for row in loaded.cast_column("image", datasets.Image(decode=False))["image"]]
+        assert list_image_folder(tmp_path).names == [os.path.relpath(path, tmp_path) for path in paths]
+        for other in ("test/x.png", "valid-1.png", "a/train/x.png", "metadata.jsonl", "labels.csv"):
+            (tmp_path / other).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / other).write_bytes((tmp_path / "a.png").read_bytes())
+            assert list_image_folder(tmp_path) is None, f"{other}: datasets reads the folder otherwise"
+            (tmp_path / other).unlink()
 
 
 class TestDecoding:

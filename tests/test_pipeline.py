@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from itertools import pairwise
 from pathlib import Path
 
@@ -888,6 +889,98 @@ class TestSpeedups:
         ).enable_speedups(ddpm_hf.Speedups(cuda_graphs=True))
         assert learned(1, num_inference_steps=4, output_type="np").images.shape == (1, SIZE, SIZE, 3)
         assert not learned._acceleration.graphs
+
+    @pytest.mark.parametrize("eta", [None, 0.0, 1.0])
+    def test_cuda_graphs_sample_ddim_as_the_step_loop_does(self, pipe, eta):
+        """DDIM's step is graphed too (η = 0 and η > 0): forced on the CPU, the buffered step gives the step loop's
+        images (which are plain `diffusers.DDPMPipeline`'s with the same DDIM scheduler, `test_samplers.py`)."""
+        pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+        call = {"eta": eta} if eta is not None else {}
+        expected = pipe(3, generator=generators(1, 2, 3), num_inference_steps=5, output_type="np", **call).images
+        pipe.enable_speedups(ddpm_hf.Speedups(cuda_graphs=True))
+        actual = pipe(3, generator=generators(1, 2, 3), num_inference_steps=5, output_type="np", **call).images
+        np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5)
+        (process,) = pipe._acceleration.graphs.values()
+        assert isinstance(process.scheduler, diffusers.DDIMScheduler)
+
+    def test_a_failing_cuda_graph_is_switched_off_with_a_warning_and_the_step_loop_samples(self, pipe, monkeypatch):
+        """A capture or replay that raises (here torch's index_select, which only the graphed step uses, fails as a
+        capture can on a GPU) ends neither the call nor the job: one warning naming the speed-up and the error, the
+        same images from the same generators (put back before the step loop draws), CUDA graphs off from then on."""
+        expected = self.images(pipe)
+        pipe.enable_speedups(ddpm_hf.Speedups(cuda_graphs=True))
+
+        def failing_index_select(*args, **kwargs):
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore detail")
+
+        monkeypatch.setattr(torch.Tensor, "index_select", failing_index_select)
+        with pytest.warns(
+            RuntimeWarning,
+            match=r"speed-up cuda_graphs failed \(RuntimeError: CUDA error: operation "
+            r"not permitted when stream is capturing\); it is switched off and sampling goes on",
+        ):
+            np.testing.assert_array_equal(self.images(pipe), expected)
+        assert pipe.active_speedups().cuda_graphs is False and not pipe._acceleration.graphs
+        monkeypatch.undo()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            np.testing.assert_array_equal(self.images(pipe), expected)  # no second warning, no second attempt
+
+    def test_running_out_of_memory_in_the_graphed_step_is_raised_and_cuda_graphs_stay_on(self, pipe, monkeypatch):
+        pipe.enable_speedups(ddpm_hf.Speedups(cuda_graphs=True))
+
+        def out_of_memory(*args, **kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        monkeypatch.setattr(torch.Tensor, "index_select", out_of_memory)
+        with pytest.raises(torch.OutOfMemoryError):
+            self.images(pipe)
+        assert pipe.active_speedups().cuda_graphs is True
+
+    def test_a_cuda_graph_giving_non_finite_samples_is_switched_off_when_the_step_loop_is_finite(
+        self, pipe, monkeypatch
+    ):
+        expected = self.images(pipe)
+        pipe.enable_speedups(ddpm_hf.Speedups(cuda_graphs=True))
+        index_select = torch.Tensor.index_select
+        monkeypatch.setattr(
+            torch.Tensor, "index_select", lambda *args, **kwargs: index_select(*args, **kwargs) * float("nan")
+        )
+        with pytest.warns(RuntimeWarning, match="cuda_graphs failed \\(non-finite samples where the step loop's"):
+            np.testing.assert_array_equal(self.images(pipe), expected)
+        assert pipe.active_speedups().cuda_graphs is False
+
+    @pytest.mark.parametrize("failure", ["at compile", "at the first call", "non-finite output"])
+    def test_a_failing_compile_is_switched_off_with_a_warning_and_the_plain_network_samples(
+        self, pipe, monkeypatch, failure
+    ):
+        """`torch.compile` failing when called, at the first compiled call (compilation is lazy), or giving
+        non-finite output where the network's is finite: one warning, the plain network's images, compile off."""
+        expected = self.images(pipe)
+
+        def broken_compile(module, **kwargs):
+            if failure == "at compile":
+                raise RuntimeError("Dynamo is not supported on this Python")
+
+            def compiled(*args, **kwargs):
+                if failure == "at the first call":
+                    raise RuntimeError("BackendCompilerFailed: inductor raised")
+                output = module(*args, **kwargs)
+                return type(output)(sample=output.sample * float("inf"))
+
+            return compiled
+
+        monkeypatch.setattr(torch, "compile", broken_compile)
+        pipe.enable_speedups(ddpm_hf.Speedups(compile=True))
+        reason = {
+            "at compile": "RuntimeError: Dynamo is not supported on this Python",
+            "at the first call": "RuntimeError: BackendCompilerFailed: inductor raised",
+            "non-finite output": "non-finite output where the uncompiled network's is finite",
+        }[failure]
+        with pytest.warns(RuntimeWarning, match=f"speed-up compile failed \\({reason}\\); it is switched off"):
+            np.testing.assert_array_equal(self.images(pipe), expected)
+        assert pipe.active_speedups().compile is False
+        np.testing.assert_array_equal(self.images(pipe), expected)
 
     def test_disable_speedups_returns_to_the_plain_computation(self, pipe):
         expected = self.images(pipe)

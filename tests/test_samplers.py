@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import diffusers
 import numpy as np
@@ -238,8 +239,11 @@ def test_unknown_names_list_the_known_ones_and_class_names_work():
 # ---- Speed-ups ---------------------------------------------------------------------------------------------------
 
 
-def test_cuda_graphs_forced_on_the_cpu_leave_other_schedulers_to_the_step_loop(unet):
-    pipeline = pipeline_with(unet, "ddim")
+@pytest.mark.parametrize("name", ["dpm-solver++", "unipc", "euler", "euler-ancestral", "heun", "pndm"])
+def test_cuda_graphs_forced_on_the_cpu_leave_schedulers_other_than_ddpm_and_ddim_to_the_step_loop(unet, name):
+    """Only DDPM's and DDIM's steps are fixed functions of t (`ddpm_hf.cuda_graphs`); the others keep state between
+    steps or rescale x_t, and sample through the step loop, with the same images."""
+    pipeline = pipeline_with(unet, name)
     expected = pipeline(2, generator=seeded(1, 2), num_inference_steps=STEPS, output_type="np").images
     pipeline.enable_speedups(ddpm_hf.Speedups(cuda_graphs=True))
     images = pipeline(2, generator=seeded(1, 2), num_inference_steps=STEPS, output_type="np").images
@@ -257,6 +261,18 @@ def test_channels_last_and_bf16_work_with_other_schedulers(unet, name):
     pipeline.enable_speedups(ddpm_hf.Speedups(bf16=True))
     images = pipeline(2, generator=seeded(1, 2), num_inference_steps=STEPS, output_type="np").images
     assert np.abs(images - expected).max() < 0.05
+
+
+def test_compile_works_with_another_scheduler(unet):
+    """The compiled UNet sees Euler's scaled input x_t / √(σ² + 1) and gives the plain images up to rounding."""
+    pipeline = pipeline_with(unet, "euler")
+    expected = pipeline(2, generator=seeded(1, 2), num_inference_steps=3, output_type="np").images
+    pipeline.enable_speedups(ddpm_hf.Speedups(compile=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback: compile itself ran
+        images = pipeline(2, generator=seeded(1, 2), num_inference_steps=3, output_type="np").images
+    np.testing.assert_allclose(images, expected, rtol=0, atol=1e-5)
+    assert pipeline.active_speedups().compile
 
 
 def test_importing_the_pipeline_does_not_import_the_hub_or_model_card_code():

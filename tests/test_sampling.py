@@ -34,13 +34,6 @@ from ddpm_hf.sampling import (
 )
 
 
-@pytest.fixture
-def pipeline(tiny_unet) -> DDPMPipeline:
-    pipe = DDPMPipeline(tiny_unet, DDPMScheduler(num_train_timesteps=10))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def draw(pipeline, folder, n, **kwargs) -> np.ndarray:
     generate_samples(pipeline, n, folder, seed=7, num_inference_steps=10, show_progress=False, **kwargs)
     return load_samples(folder, n)

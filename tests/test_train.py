@@ -13,12 +13,17 @@ import sys
 from pathlib import Path
 
 import diffusers
+import diffusers.utils
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 from processes import accelerate_launch
 from safetensors.torch import load_file
 from shared_data import WEIGHTS, needs_weights
 
+from ddpm_hf import DDPMPipeline
+from ddpm_hf.sampling import sample_seed
 from ddpm_hf.shapes import detection_rate
 
 TINY = [
@@ -229,6 +234,65 @@ def test_channels_last_and_compile_follow_the_plain_loss_curve_and_save_the_same
     assert all(t.is_contiguous() for group in tensors.values() for t in group.values())
     pipeline = diffusers.DDPMPipeline.from_pretrained(fast / "pipeline")
     assert torch.equal(pipeline.unet.conv_in.weight, tensors["ema"]["conv_in.weight"])
+
+
+BROKEN_COMPILE = """
+import sys, torch
+from ddpm_hf.train import main
+
+def broken_compile(module, **kwargs):  # compilation is lazy: a failure shows at the first call
+    def compiled(*args, **kwargs):
+        if sys.argv[1] == "raises":
+            raise RuntimeError("BackendCompilerFailed: inductor raised")
+        output = module(*args, **kwargs)
+        return type(output)(sample=output.sample * float("nan"))
+    return compiled
+
+torch.compile = broken_compile
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("failure", ["raises", "non-finite"])
+def test_a_failing_compile_is_switched_off_and_the_run_trains_as_without_it(tmp_path, failure):
+    """`torch.compile` failing at its first call, or giving a non-finite loss where the plain network's is finite:
+    one warning naming the speed-up and the error, the step taken again without it, and the run ends exactly where
+    a run without compile ends (the same losses, the same weights); the summary says compile was off."""
+    common = [*TINY, "--max-train-steps", "3", "--checkpointing-steps", "3"]
+    broken = run([sys.executable, "-c", BROKEN_COMPILE, failure, *common, "--torch-compile",
+                  "--output-dir", str(tmp_path / "broken")])  # fmt: skip
+    assert broken.returncode == 0, broken.stderr[-3000:]
+    reason = {"raises": "RuntimeError: BackendCompilerFailed: inductor raised",
+              "non-finite": "a non-finite loss where the plain network's is finite"}[failure]  # fmt: skip
+    assert f"the speed-up compile failed ({reason}); it is switched off and training goes on" in broken.stderr
+    assert "and sampling goes on without it" in broken.stderr  # the grid's pipeline falls back on its own
+    plain = run(train_command(*common, "--output-dir", str(tmp_path / "plain")))
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert [r["loss"] for r in metrics(tmp_path / "broken")] == [r["loss"] for r in metrics(tmp_path / "plain")]
+    for name, tensor in checkpoint_tensors(tmp_path / "plain", 3)["model"].items():
+        assert torch.equal(checkpoint_tensors(tmp_path / "broken", 3)["model"][name], tensor), name
+    assert json.loads((tmp_path / "broken" / "training_summary.json").read_text())["speedups"]["compile"] is False
+
+
+def test_grids_are_drawn_with_the_chosen_sampler_and_the_saved_pipeline_keeps_ddpm(tmp_path):
+    """`--scheduler ddim --eta 0.5`: the sample grid is the saved EMA network's DDIM samples (reproduced here from
+    the saved pipeline with the run's seeds), the summary records the sampler and its NFE, and the saved pipeline
+    holds the run's DDPM scheduler."""
+    output = tmp_path / "out"
+    result = run(train_command(*TINY, "--max-train-steps", "2", "--output-dir", str(output), "--scheduler", "ddim",
+                               "--eta", "0.5"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    index = json.loads((output / "pipeline" / "model_index.json").read_text())
+    assert index["scheduler"] == ["diffusers", "DDPMScheduler"]
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert summary["sampler"] == {"scheduler": "DDIMScheduler", "num_inference_steps": 100, "eta": 0.5, "nfe": 100}
+    pipeline = DDPMPipeline.from_pretrained(output / "pipeline")
+    pipeline.scheduler = diffusers.DDIMScheduler.from_config(pipeline.scheduler.config)
+    pipeline.set_progress_bar_config(disable=True)
+    generators = [torch.Generator().manual_seed(sample_seed(0, i)) for i in range(4)]  # as `ddpm-hf sample` draws
+    images = pipeline(4, generator=generators, num_inference_steps=5, eta=0.5).images
+    expected = diffusers.utils.make_image_grid(images, rows=2, cols=2)
+    assert np.array_equal(np.asarray(PIL.Image.open(output / "samples.png")), np.asarray(expected))
 
 
 def test_bf16_training_follows_the_float32_loss_curve(tmp_path):
