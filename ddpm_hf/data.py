@@ -1,4 +1,6 @@
-"""Training images: any image dataset `datasets` can load, decoded once into a uint8 tensor at the model's resolution.
+"""Training images: any image dataset `datasets` can load, decoded into uint8 tensors at the model's resolution:
+all at once (`load_training_images`), a few rows at a time (`split_rows`, for data larger than memory), or once per
+machine into a prepared file (`ddpm_hf.image_cache`, which training uses).
 
 Sources, by what `source` names:
 
@@ -24,7 +26,7 @@ import hashlib
 import io
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +52,8 @@ __all__ = [
     "PREPARATION",
     "prepare_image",
     "decode_row",
+    "SplitRows",
+    "split_rows",
     "decode_images",
     "load_training_images",
     "to_model_input",
@@ -335,6 +339,70 @@ def decode_row(
         where = f"row {row} of column {column!r}" + (f" (file {file})" if file else "")
         reason = " ".join(str(error).split()) or type(error).__name__  # one line
         raise ValueError(f"Unreadable image in {where}: {reason}") from error
+
+
+@dataclass
+class SplitRows:
+    """The images of a split, undecoded: `values(indices)` gives those rows as `decode_row` takes them, and `decode`
+    prepares them; nothing is read before it is asked for.
+
+    Attributes:
+        count: the number of rows.
+        values: rows `indices` (a range reads a contiguous slice), undecoded.
+        column: the image column.
+        source: the data set: a local folder's absolute path, a Hub name or the built-in shapes.
+        fingerprint: changes with the content (`datasets`' fingerprint; for a plain image folder `ImageFiles`').
+    """
+
+    count: int
+    values: Callable[[Sequence[int]], list]
+    column: str
+    source: str
+    fingerprint: str
+
+    def decode(self, indices: Sequence[int], resolution: int, channels: int, center_crop: bool = True) -> torch.Tensor:
+        """Rows `indices` prepared by `decode_row`, as one uint8 tensor (len(indices), C, H, W).
+
+        Raises:
+            ValueError: an image cannot be read (the message names its row, and its file when known).
+        """
+        out = torch.empty((len(indices), channels, resolution, resolution), dtype=torch.uint8)
+        for i, (row, value) in enumerate(zip(indices, self.values(indices), strict=True)):
+            out[i] = torch.from_numpy(decode_row(value, row, self.column, resolution, channels, center_crop))
+        return out
+
+
+def split_rows(source: str | None, split: str, column: str | None, resolution: int, num_images: int | None = None,
+               cache_dir: str | None = None) -> SplitRows:  # fmt: skip
+    """The rows of a split (its first `num_images`): a plain image folder listed directly (`list_image_folder`), any
+    other source through `datasets` (`load_image_dataset`).
+
+    Raises:
+        ValueError: what `load_image_dataset` and `find_image_column` raise.
+    """
+    local = source not in (None, BUILTIN_SHAPES) and Path(source).exists()
+    files = list_image_folder(Path(source)) if local and Path(source).is_dir() else None
+    if files is not None:
+        return _folder_rows(files, source, split, column, num_images)
+    dataset = load_image_dataset(source, split=split, image_size=resolution, cache_dir=cache_dir)
+    column = find_image_column(dataset.features, column)
+    if num_images is not None and num_images < len(dataset):
+        dataset = dataset.select(range(num_images))
+    dataset = dataset.select_columns([column])
+    if isinstance(dataset.features[column], datasets.Image):
+        dataset = dataset.cast_column(column, datasets.Image(decode=False))
+    name = str(Path(source).resolve()) if local else source or BUILTIN_SHAPES
+    return SplitRows(len(dataset), lambda indices: dataset[indices][column], column, name, dataset._fingerprint)
+
+
+def _folder_rows(files: ImageFiles, source: str, split: str, column: str | None, num_images: int | None) -> SplitRows:
+    """The rows of a plain image folder, which `datasets` reads as one split "train" with the images in "image"."""
+    if split != "train":
+        raise ValueError(f"Dataset {source!r} has no split {split!r}; its splits are ['train'].")
+    column = find_image_column(datasets.Features({"image": datasets.Image()}), column)
+    names, folder = files.names[:num_images], files.folder
+    return SplitRows(len(names), lambda indices: [str(folder / names[i]) for i in indices], column,
+                     str(folder.resolve()), files.fingerprint)  # fmt: skip
 
 
 def decode_images(

@@ -43,6 +43,7 @@ makes them wait that long (prepare it beforehand there if that exceeds the proce
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import json
 import math
@@ -52,26 +53,14 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import datasets
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import (
-    BUILTIN_SHAPES,
-    PREPARATION,
-    ImageData,
-    ImageFiles,
-    check_channels,
-    decode_row,
-    find_image_column,
-    list_image_folder,
-    load_image_dataset,
-)
+from .data import BUILTIN_SHAPES, PREPARATION, ImageData, SplitRows, check_channels, split_rows
 from .inception import default_cache_dir
 
 __all__ = ["prepared_images", "prepared_file", "read_prepared"]
@@ -81,48 +70,7 @@ _IMAGES_PER_WORKER = 256  # the fewest images worth a worker process
 _CHUNK = 64  # rows a worker decodes between progress reports
 
 
-@dataclass
-class _Rows:
-    """The images to prepare, undecoded: `values(start, stop)` gives rows [start, stop) as `decode_row` takes them."""
-
-    count: int
-    values: Callable[[int, int], list]
-    column: str
-    source: str
-    fingerprint: str
-
-
-def _rows(
-    source: str | None, split: str, column: str | None, resolution: int, num_images: int | None, cache_dir: str | None
-) -> _Rows:
-    """The rows of a split (its first `num_images`): a plain image folder listed directly (`list_image_folder`), any
-    other source through `datasets` (`load_image_dataset`)."""
-    local = source not in (None, BUILTIN_SHAPES) and Path(source).exists()
-    files = list_image_folder(Path(source)) if local and Path(source).is_dir() else None
-    if files is not None:
-        return _folder_rows(files, source, split, column, num_images)
-    dataset = load_image_dataset(source, split=split, image_size=resolution, cache_dir=cache_dir)
-    column = find_image_column(dataset.features, column)
-    if num_images is not None and num_images < len(dataset):
-        dataset = dataset.select(range(num_images))
-    dataset = dataset.select_columns([column])
-    if isinstance(dataset.features[column], datasets.Image):
-        dataset = dataset.cast_column(column, datasets.Image(decode=False))
-    name = str(Path(source).resolve()) if local else source or BUILTIN_SHAPES
-    return _Rows(len(dataset), lambda a, b: dataset[a:b][column], column, name, dataset._fingerprint)
-
-
-def _folder_rows(files: ImageFiles, source: str, split: str, column: str | None, num_images: int | None) -> _Rows:
-    """The rows of a plain image folder, which `datasets` reads as one split "train" with the images in "image"."""
-    if split != "train":
-        raise ValueError(f"Dataset {source!r} has no split {split!r}; its splits are ['train'].")
-    column = find_image_column(datasets.Features({"image": datasets.Image()}), column)
-    names, folder = files.names[:num_images], files.folder
-    return _Rows(len(names), lambda a, b: [str(folder / name) for name in names[a:b]], column,
-                 str(folder.resolve()), files.fingerprint)  # fmt: skip
-
-
-def _key(rows: _Rows, split: str, resolution: int, channels: int, center_crop: bool) -> dict[str, Any]:
+def _key(rows: SplitRows, split: str, resolution: int, channels: int, center_crop: bool) -> dict[str, Any]:
     return {
         "source": rows.source,
         "fingerprint": rows.fingerprint,
@@ -221,7 +169,7 @@ def prepared_images(
         OSError: the cache folder cannot be written (a full disk is found before decoding starts).
     """
     check_channels(channels)
-    rows = _rows(source, split, column, resolution, num_images, None if cache_dir is None else str(cache_dir))
+    rows = split_rows(source, split, column, resolution, num_images, None if cache_dir is None else str(cache_dir))
     key = _key(rows, split, resolution, channels, center_crop)
     path = prepared_file(Path(cache_dir or default_cache_dir()), key)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,7 +199,7 @@ def _worker_count(num_images: int, requested: int | None) -> int:
     return max(1, min(requested, num_images))
 
 
-def _prepare(path: Path, key: dict[str, Any], rows: _Rows, workers: int, show_progress: bool) -> torch.Tensor:
+def _prepare(path: Path, key: dict[str, Any], rows: SplitRows, workers: int, show_progress: bool) -> torch.Tensor:
     """Decode `rows` into a temporary file, then give it its header and its name (the lock is held)."""
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a preparation that was killed
         stale.unlink(missing_ok=True)
@@ -273,7 +221,20 @@ def _prepare(path: Path, key: dict[str, Any], rows: _Rows, workers: int, show_pr
     if show_progress:
         rate = rows.count / max(time.perf_counter() - started, 1e-9)
         tqdm.write(f"Prepared {path} ({rows.count:,} images, {rate:,.0f} img/s)", file=sys.stderr)
+        _mention_older_copies(path)
     return read_prepared(path, key)
+
+
+def _mention_older_copies(path: Path) -> None:
+    """Say how much disk the other prepared files of a data set of this name and these settings take (earlier
+    versions of it, as a rule): they are kept, since a run elsewhere may still map one, and are the user's to delete."""
+    prefix = path.name[: path.name.rindex("-") + 1]  # the name without the key's hash
+    others = [file for file in path.parent.glob(f"{glob.escape(prefix)}*.u8") if file != path]
+    if others:
+        size = sum(file.stat().st_size for file in others) / 2**30
+        tqdm.write(f"{len(others)} other prepared file(s) named {prefix}*.u8 ({size:.2f} GiB) remain in "
+                   f"{path.parent}, from an earlier version of this data set or another of its name: delete them "
+                   "if no run uses them.", file=sys.stderr)  # fmt: skip
 
 
 def _allocate(file: Path, size: int) -> None:
@@ -289,20 +250,19 @@ def _allocate(file: Path, size: int) -> None:
             raise OSError(error.errno, f"Cannot reserve {size:,} bytes for prepared images", str(file)) from None
 
 
-def _decode_span(file: Path, offset: int, key: dict[str, Any], rows: _Rows, span: tuple[int, int],
+def _decode_span(file: Path, offset: int, key: dict[str, Any], rows: SplitRows, span: tuple[int, int],
                  report: Callable[[int], None]) -> None:  # fmt: skip
     """Decode rows [start, stop) into `file`, calling `report(n)` after every `_CHUNK` rows."""
     out = np.memmap(file, dtype=np.uint8, mode="r+", offset=offset, shape=_shape(key))
     resolution, channels, center_crop = key["resolution"], key["channels"], key["center_crop"]
     for first in range(span[0], span[1], _CHUNK):
         last = min(first + _CHUNK, span[1])
-        for row, value in enumerate(rows.values(first, last), first):
-            out[row] = decode_row(value, row, rows.column, resolution, channels, center_crop)
+        out[first:last] = rows.decode(range(first, last), resolution, channels, center_crop).numpy()
         report(last - first)
     out.flush()
 
 
-def _decode_spans(file: Path, offset: int, key: dict[str, Any], rows: _Rows, spans: list[tuple[int, int]],
+def _decode_spans(file: Path, offset: int, key: dict[str, Any], rows: SplitRows, spans: list[tuple[int, int]],
                   progress: tqdm) -> None:  # fmt: skip
     """Decode each span of rows in a forked worker process (in this one when there is one span); the first error a
     worker raises is raised here, once every worker has stopped."""
@@ -330,7 +290,7 @@ def _decode_spans(file: Path, offset: int, key: dict[str, Any], rows: _Rows, spa
     progress.update(done.value - progress.n)
 
 
-def _worker(file: Path, offset: int, key: dict[str, Any], rows: _Rows, span: tuple[int, int],
+def _worker(file: Path, offset: int, key: dict[str, Any], rows: SplitRows, span: tuple[int, int],
             done: Any, errors: Any) -> None:  # fmt: skip
     """A forked worker: decode `span`, counting decoded rows in `done`; on failure put the error in `errors`."""
 

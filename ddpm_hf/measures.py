@@ -24,7 +24,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from .data import BUILTIN_SHAPES, load_training_images, to_model_input
+from .data import SplitRows, check_channels, split_rows, to_model_input
 from .inception import INCEPTION_SHA256, default_cache_dir, inception_features
 from .metrics import VariationalBound, feature_statistics, variational_bound
 from .pipeline import DDPMPipeline
@@ -100,13 +100,11 @@ class ReferenceStatistics:
 
 
 def _reference_key(
-    dataset: str | None, split: str, resolution: int, channels: int, image_column: str | None, num_images: int | None
+    rows: SplitRows, split: str, resolution: int, channels: int, image_column: str | None, num_images: int | None
 ) -> dict[str, Any]:
-    source = dataset or BUILTIN_SHAPES
-    if Path(source).exists():
-        source = str(Path(source).resolve())
     return {
-        "dataset": source,
+        "dataset": rows.source,
+        "fingerprint": rows.fingerprint,  # changes with the images
         "split": split,
         "resolution": resolution,
         "channels": channels,
@@ -135,10 +133,13 @@ def reference_statistics(
     else computed (spread over the processes) and cached in `cache_dir/fid_reference/`.
 
     The file is named by dataset, split and resolution plus a hash of the whole key (also stored in the file): the
-    dataset, split, resolution, channels, image column, number of images, preprocessing and the extractor's SHA-256.
+    dataset and its fingerprint (which changes with its content; see `ddpm_hf.data.SplitRows`), split, resolution,
+    channels, image column, number of images, preprocessing and the extractor's SHA-256.
     """
     accelerator = accelerator or Accelerator()
-    key = _reference_key(dataset, split, resolution, channels, image_column, num_images)
+    check_channels(channels)
+    rows = split_rows(dataset, split, image_column, resolution, num_images)  # listed, nothing decoded yet
+    key = _reference_key(rows, split, resolution, channels, image_column, num_images)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(key["dataset"]).name or key["dataset"]).strip("_")
     path = Path(cache_dir or default_cache_dir()) / "fid_reference" / f"{slug}-{split}-{resolution}px-{digest}.npz"
@@ -148,14 +149,11 @@ def reference_statistics(
                 say(accelerator, f"FID reference statistics: reusing {path}")
                 return ReferenceStatistics(cached["mu"], cached["sigma"], int(cached["num_images"]), path, key)
     say(accelerator, f"FID reference statistics of the {split} split: computing them, to be cached in {path}")
-    images = load_training_images(
-        dataset, split, image_column, resolution, channels, show_progress=accelerator.is_main_process,
-        num_images=num_images, description=f"Decoding the {split} split (FID reference)",
-    ).images  # fmt: skip
+    # Each process decodes only the rows of its own batches: memory O(batch) and the decoding spread over P processes
     features = _features_of(
         inception,
-        len(images),
-        lambda indices: images[indices],
+        rows.count,
+        lambda indices: rows.decode(indices, resolution, channels),
         accelerator,
         batch_size,
         f"Inception features of the {split} split",
@@ -164,11 +162,11 @@ def reference_statistics(
     if accelerator.is_main_process:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.stem}.tmp.npz")
-        np.savez(temporary, mu=mu, sigma=sigma, num_images=len(images), key=json.dumps(key, sort_keys=True))
+        np.savez(temporary, mu=mu, sigma=sigma, num_images=rows.count, key=json.dumps(key, sort_keys=True))
         os.replace(temporary, path)
         say(accelerator, f"FID reference statistics cached in {path}")
     accelerator.wait_for_everyone()
-    return ReferenceStatistics(mu, sigma, len(images), path, key)
+    return ReferenceStatistics(mu, sigma, rows.count, path, key)
 
 
 # ---- Samples ---------------------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from .acceleration import (
     warn_switched_off,
 )
 from .cuda_graphs import Denoiser, GraphedReverseProcess, can_graph
+from .pipeline_folder import check_pipeline_folder
 from .samplers import check_eta, check_progressive_generation, check_respace, step_arguments
 from .scheduler import DDPMScheduler
 
@@ -190,7 +191,7 @@ class DDPMPipeline(DiffusionPipeline):
                 answer within `DDPM_HF_HUB_TIMEOUT` seconds); also huggingface_hub's own `RepositoryNotFoundError`,
                 `RevisionNotFoundError` or `LocalEntryNotFoundError`.
         """
-        from .hub import check_pipeline_folder, download_pipeline  # the Hub client only where it is needed
+        from .hub import download_pipeline  # the Hub client only where it is needed
 
         if kwargs.get("use_safetensors") is False and not allow_pickle:
             raise ValueError(

@@ -39,8 +39,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .acceleration import Speedups, add_speedup_arguments, speedups_from_arguments
-from .hub import HubError, check_pipeline_folder, download_pipeline
+from .hub import HubError, download_pipeline
 from .pipeline import DDPMPipeline
+from .pipeline_folder import check_pipeline_folder
 from .samplers import add_scheduler_arguments, check_eta, check_respace, scheduler_from_name
 from .scheduler import DDPMScheduler
 from .seeding import Stream, stream_seed

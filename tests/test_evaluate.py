@@ -133,7 +133,7 @@ def test_the_command_writes_the_report_the_figures_and_prints_the_table(pipeline
 
     # every long phase said what it was doing
     labels = [
-        "Sampling (10 steps)", "Inception features of the samples", "Decoding the train split (FID reference)",
+        "Sampling (10 steps)", "Inception features of the samples",
         "Inception features of the train split", f"FID reference statistics cached in {statistics}",
         "Decoding the test split (bits/dim)", "Bits/dim", "Fig. 6: progressive generation",
     ]  # fmt: skip

@@ -51,8 +51,9 @@ from safetensors.torch import save_file
 
 import ddpm_hf
 from ddpm_hf import cli
-from ddpm_hf.hub import PICKLE_SUFFIXES, HubError, check_can_push, collect_push_contents, push_to_hub
+from ddpm_hf.hub import HubError, check_can_push, collect_push_contents, push_to_hub
 from ddpm_hf.model_card import check_model_card
+from ddpm_hf.pipeline_folder import PICKLE_SUFFIXES
 from ddpm_hf.training_config import TrainingConfig
 
 diffusers_logging.disable_progress_bar()

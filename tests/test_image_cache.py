@@ -44,8 +44,9 @@ def folders(tmp_path_factory) -> dict[int, Path]:
 
 
 def prepare(source, cache, resolution=8, channels=3, **options):
+    options = {"show_progress": False, **options}
     return prepared_images(str(source), options.pop("split", "train"), None, resolution, channels,
-                           cache_dir=cache, show_progress=False, **options)  # fmt: skip
+                           cache_dir=cache, **options)  # fmt: skip
 
 
 def count_calls(monkeypatch, name: str) -> list:
@@ -87,10 +88,10 @@ def test_images_are_prepared_once_then_mapped_without_decoding(tmp_path, folders
     def no_decoding(*args):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(image_cache, "decode_row", no_decoding)
+    expected = load_training_images(str(folders[SMALL]), "train", None, 8, 3, show_progress=False).images
+    monkeypatch.setattr("ddpm_hf.data.decode_row", no_decoding)
     again = prepare(folders[SMALL], tmp_path)
     assert (again.file.stat().st_ino, again.file.stat().st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
-    expected = load_training_images(str(folders[SMALL]), "train", None, 8, 3, show_progress=False).images
     assert torch.equal(again.images, expected) and again.images.dtype == torch.uint8
     rows = torch.tensor([299, 0, 17, 17])
     assert torch.equal(again.images[rows], expected[rows])
@@ -136,6 +137,19 @@ def test_each_preparation_has_its_own_file(tmp_path):
     os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))  # a file changed
     assert prepare(folder, tmp_path).file not in files
     assert len(list((tmp_path / "prepared").glob("*.u8"))) == 8
+
+
+def test_a_changed_data_set_is_prepared_again_and_the_disk_its_old_copy_takes_is_announced(tmp_path, capsys):
+    """The earlier copy stays (a run elsewhere may map it) and the user is told its size and where it is."""
+    folder = image_folder(tmp_path / "images", 4, size=10)
+    first = prepare(folder, tmp_path / "cache", show_progress=True).file
+    assert "other prepared file" not in capsys.readouterr().err
+    touched = folder / "part0" / "00000.png"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    second = prepare(folder, tmp_path / "cache", show_progress=True).file
+    said = capsys.readouterr().err
+    assert second != first and first.is_file()
+    assert f"1 other prepared file(s) named images-train-8px-3ch-crop-*.u8 (0.00 GiB) remain in {first.parent}" in said
 
 
 @pytest.mark.parametrize("damage", ["no header", "truncated", "another key"])

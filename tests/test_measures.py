@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import datasets
 import numpy as np
@@ -86,6 +87,24 @@ def test_reference_statistics_decode_only_the_images_they_use(tmp_path):
     assert first_two.num_images == 2
     with pytest.raises(ValueError, match="row 2"):
         reference_statistics(str(tmp_path / "data"), "train", 16, 3, PooledFeatures(), cache_dir=tmp_path / "cache")
+
+
+def test_reference_statistics_of_a_changed_image_folder_are_computed_again(tmp_path):
+    """The key holds the data set's fingerprint: after an image is replaced under the same name, the statistics are
+    those of the new images, not the cached ones of the old."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(4):
+        PIL.Image.new("RGB", (16, 16), (60 * i, 20, 200 - 40 * i)).save(folder / f"{i}.png")
+    cache = tmp_path / "cache"
+    before = reference_statistics(str(folder), "train", 16, 3, PooledFeatures(), cache_dir=cache)
+    assert before.key["fingerprint"]
+    PIL.Image.new("RGB", (16, 16), (255, 255, 255)).save(folder / "3.png")
+    os.utime(folder / "3.png", ns=(1, 1))  # a changed time alone would do; the content differs too
+    after = reference_statistics(str(folder), "train", 16, 3, PooledFeatures(), cache_dir=cache)
+    assert after.path != before.path and not np.array_equal(after.mu, before.mu)
+    images = load_training_images(str(folder), "train", None, 16, 3, show_progress=False).images
+    np.testing.assert_array_equal(after.mu, feature_statistics(inception_features(PooledFeatures(), images, 4))[0])
 
 
 def test_reference_statistics_say_which_cache_file_they_write_or_reuse(tmp_path, capsys):
