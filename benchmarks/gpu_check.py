@@ -538,7 +538,9 @@ def summary(arguments: argparse.Namespace) -> int:
     """Write `OUT/gpu_check.json` (every step's status, time and record) and print the table, last."""
     work, out = arguments.work, arguments.out
     rows = []
-    for line in (work / "steps.tsv").read_text().splitlines() if (work / "steps.tsv").is_file() else []:
+    lines = (work / "steps.tsv").read_text().splitlines() if (work / "steps.tsv").is_file() else []
+    # in the order of STEPS: the dry run's lanes end in any order
+    for line in sorted(lines, key=lambda line: STEPS.index(line.split("\t")[0])):
         name, status, seconds, note = (line.split("\t") + ["", "", ""])[:4]
         record = read_json(work / "records" / f"{name}.json")
         if status == "ok" and record and record.get("skip_reason"):
